@@ -1,0 +1,38 @@
+"""The FastAPI application of one controller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ferry import __version__
+from ferry.api import errors
+from ferry.api.routers import agent, events, health, hosts, tokens
+from ferry.config import ControllerSettings
+from ferry.controller.runtime import Controller
+
+
+def create_app(settings: ControllerSettings) -> FastAPI:
+    controller = Controller(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await controller.start()
+        try:
+            yield
+        finally:
+            await controller.stop()
+
+    app = FastAPI(
+        title="Ferry",
+        version=__version__,
+        description="Host maintenance for QEMU/KVM clouds.",
+        lifespan=lifespan,
+    )
+    app.state.controller = controller
+    errors.install(app)
+    for module in (health, hosts, agent, events, tokens):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,86 @@
+"""The event log: filtered pages and a live Server-Sent Events stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette.sse import EventSourceResponse
+
+from ferry.api import schemas
+from ferry.api.deps import Ctl, Reader
+from ferry.api.routers.hosts import ERRORS
+from ferry.services.events import MAX_PAGE, EventFilter
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+Kinds = Annotated[list[str] | None, Query(description="kind or kind prefix, e.g. host.maintenance")]
+
+
+def _filter(
+    kind: list[str] | None,
+    host: str | None,
+    actor: str | None,
+    drain: str | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> EventFilter:
+    return EventFilter(tuple(kind or ()), host, actor, drain, since, until)
+
+
+@router.get("", response_model=schemas.EventPage, responses=ERRORS)
+async def list_events(
+    ctl: Ctl,
+    _who: Reader,
+    kind: Kinds = None,
+    host: str | None = None,
+    actor: str | None = None,
+    drain: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> schemas.EventPage:
+    items = await ctl.events.page(
+        _filter(kind, host, actor, drain, since, until),
+        before=before,
+        after=after,
+        limit=limit,
+        ascending=order == "asc",
+    )
+    cursor = items[-1].id if len(items) == limit else None
+    return schemas.EventPage(
+        items=[schemas.EventOut.model_validate(e) for e in items], next_cursor=cursor
+    )
+
+
+@router.get(
+    "/stream",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Live events as Server-Sent Events; resumes after Last-Event-ID",
+)
+async def stream_events(
+    ctl: Ctl,
+    _who: Reader,
+    kind: Kinds = None,
+    host: str | None = None,
+    actor: str | None = None,
+    drain: str | None = None,
+    after: Annotated[int | None, Query(ge=0, description="replay events after this id")] = None,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> EventSourceResponse:
+    start = last_event_id if last_event_id is not None else after
+    if start is None:
+        start = await ctl.events.last_id()
+    flt = _filter(kind, host, actor, drain)
+
+    async def messages() -> AsyncIterator[dict[str, Any]]:
+        async for event in ctl.events.tail(flt, start):
+            body = schemas.EventOut.model_validate(event).model_dump_json()
+            yield {"id": str(event.id), "event": event.kind, "data": body}
+
+    return EventSourceResponse(messages(), ping=15)

@@ -1,0 +1,79 @@
+"""Controller settings: defaults < config file (TOML) < FERRY_* environment < command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_PORT = 8470
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:PORT') into its parts, with a clear error."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="forbid")
+
+    state_dir: Path = Field(default=Path("/var/lib/ferry"), description="database, admin token")
+    listen: str = Field(default=f"127.0.0.1:{DEFAULT_PORT}", description="HOST:PORT to serve on")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default SQLite in the state dir"
+    )
+    heartbeat_interval: float = Field(default=10.0, gt=0, description="seconds between heartbeats")
+    heartbeat_misses: int = Field(default=3, ge=1, description="missed heartbeats until 'down'")
+    reconcile_interval: float = Field(default=1.0, gt=0, description="seconds between reconciles")
+    log_level: str = Field(default="info")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.state_dir / 'ferry.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.state_dir / "admin.token"
+
+
+def load_controller_settings(
+    config_file: Path | None = None, **overrides: Any
+) -> ControllerSettings:
+    """Settings from `config_file` (if any), the environment, then non-None `overrides`."""
+    if config_file is not None and not config_file.is_file():
+        raise ValueError(f"config file {config_file} does not exist")
+
+    class _FromFile(ControllerSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return _FromFile(**given)

@@ -1,0 +1,1 @@
+"""The controller process: composition of database, services, loops and the API server."""

@@ -1,0 +1,67 @@
+"""Everything one controller process owns, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from ferry.config import ControllerSettings
+from ferry.db.database import Database
+from ferry.orchestrator.loop import ReconcileLoop
+from ferry.services.events import EventService
+from ferry.services.hosts import HostService, LivenessPolicy
+from ferry.services.maintenance import MaintenanceService
+from ferry.services.store import EventBus, Store
+from ferry.services.tokens import TokenService
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.db = Database(settings.db_url)
+        self.bus = EventBus()
+        self.store = Store(self.db, self.bus)
+        self.liveness = LivenessPolicy(
+            timedelta(seconds=settings.heartbeat_interval), settings.heartbeat_misses
+        )
+        self.hosts = HostService(self.store, self.liveness)
+        self.maintenance = MaintenanceService(self.store)
+        self.tokens = TokenService(self.store)
+        self.events = EventService(self.store)
+        self.loops = [
+            ReconcileLoop(
+                "liveness",
+                self.hosts.mark_down_silent_hosts,
+                max(settings.heartbeat_interval / 2, 0.1),
+            ),
+            ReconcileLoop(
+                "drains",
+                self.maintenance.complete_empty_drains,
+                settings.reconcile_interval,
+                self.bus,
+            ),
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await self.db.upgrade()
+        if await self.tokens.bootstrap(self.settings.admin_token_file):
+            log.warning("created the first admin token in %s", self.settings.admin_token_file)
+        self._tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for loop in self.loops:
+            loop.stop()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
+        await self.db.dispose()

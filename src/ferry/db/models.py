@@ -1,0 +1,197 @@
+"""SQLAlchemy models: the controller's whole state. Enum values are stored as plain strings
+(checked by the domain's state machines) so the schema stays portable."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ferry.db.types import UTCDateTime, utcnow
+from ferry.domain.drain import DrainState
+from ferry.domain.host import AdminState, Liveness, MaintenanceState
+from ferry.domain.instance import InstanceState
+from ferry.domain.migration import MigrationKind, MigrationState
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    management_address: Mapped[str] = mapped_column(String(64))
+    migration_address: Mapped[str] = mapped_column(String(64))
+    # Inventory: raw capacity, allocation ratios and what the host keeps for itself.
+    vcpus: Mapped[int]
+    ram_mb: Mapped[int]
+    disk_gb: Mapped[int]
+    cpu_allocation_ratio: Mapped[float] = mapped_column(default=4.0)
+    ram_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
+    disk_allocation_ratio: Mapped[float] = mapped_column(default=1.0)
+    reserved_vcpus: Mapped[int] = mapped_column(default=0)
+    reserved_ram_mb: Mapped[int] = mapped_column(default=0)
+    reserved_disk_gb: Mapped[int] = mapped_column(default=0)
+    # Capabilities: what must match for a guest to move here.
+    cpu_model: Mapped[str] = mapped_column(String(64))
+    qemu_version: Mapped[str] = mapped_column(String(32))
+    machine_type: Mapped[str] = mapped_column(String(64))
+    networks: Mapped[list[Any]] = mapped_column(default=list)
+    agent_version: Mapped[str] = mapped_column(String(32), default="")
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_heartbeat_at: Mapped[datetime | None]
+    # The liveness last announced by an event; the live value is derived from last_heartbeat_at.
+    liveness_seen: Mapped[str] = mapped_column(String(8), default=Liveness.UP.value)
+    admin_state: Mapped[str] = mapped_column(String(16), default=AdminState.ENABLED.value)
+    admin_reason: Mapped[str | None] = mapped_column(String(255))
+    admin_actor: Mapped[str | None] = mapped_column(String(64))
+    admin_changed_at: Mapped[datetime | None]
+    maintenance_state: Mapped[str] = mapped_column(
+        String(16), default=MaintenanceState.IN_SERVICE.value, index=True
+    )
+    maintenance_reason: Mapped[str | None] = mapped_column(String(255))
+    maintenance_actor: Mapped[str | None] = mapped_column(String(64))
+    maintenance_since: Mapped[datetime | None]
+    maintenance_changed_at: Mapped[datetime | None]
+    # Optimistic lock: every UPDATE checks and bumps it, so racing transitions cannot both win.
+    version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    vcpus: Mapped[int]
+    ram_mb: Mapped[int]
+    disk_gb: Mapped[int]
+    image: Mapped[str] = mapped_column(String(128))
+    server_group: Mapped[str | None] = mapped_column(String(63))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=InstanceState.BUILDING.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    ports: Mapped[list[Port]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class Port(Base):
+    __tablename__ = "ports"
+    __table_args__ = (UniqueConstraint("network", "ip"), UniqueConstraint("mac"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    network: Mapped[str] = mapped_column(String(63))
+    mac: Mapped[str] = mapped_column(String(17))
+    ip: Mapped[str] = mapped_column(String(45))
+
+    instance: Mapped[Instance] = relationship(back_populates="ports")
+
+
+class Allocation(Base):
+    """Resources an instance holds on a host; during a migration it holds one on both ends."""
+
+    __tablename__ = "allocations"
+    __table_args__ = (UniqueConstraint("instance_id", "host_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    migration_id: Mapped[str | None] = mapped_column(ForeignKey("migrations.id"))
+    vcpus: Mapped[int]
+    ram_mb: Mapped[int]
+    disk_gb: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Drain(Base):
+    """One maintenance operation on one host."""
+
+    __tablename__ = "drains"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    actor: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=DrainState.RUNNING.value, index=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    plan: Mapped[list[Any]] = mapped_column(default=list)
+    instances_total: Mapped[int] = mapped_column(default=0)
+    instances_moved: Mapped[int] = mapped_column(default=0)
+    instances_failed: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Migration(Base):
+    __tablename__ = "migrations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    source_host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
+    dest_host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    drain_id: Mapped[str | None] = mapped_column(ForeignKey("drains.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8), default=MigrationKind.LIVE.value)
+    state: Mapped[str] = mapped_column(String(16), default=MigrationState.QUEUED.value, index=True)
+    attempt: Mapped[int] = mapped_column(default=1)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_sent: Mapped[int | None] = mapped_column(BigInteger)
+    bytes_remaining: Mapped[int | None] = mapped_column(BigInteger)
+    dirty_rate: Mapped[int | None] = mapped_column(BigInteger)
+    passes: Mapped[int | None]
+    throughput_mbps: Mapped[float | None]
+    expected_downtime_ms: Mapped[int | None]
+    downtime_ms: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    """Audit log and notification source: every state change and operator action."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_host_id", "host", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(63))
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    migration_id: Mapped[str | None] = mapped_column(String(36))
+    drain_id: Mapped[str | None] = mapped_column(String(36))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """A bearer token; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(64))

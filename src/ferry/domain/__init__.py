@@ -1,0 +1,1 @@
+"""Pure domain: entities' states, their transitions, validation and errors. No I/O here."""

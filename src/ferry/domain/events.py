@@ -1,0 +1,27 @@
+"""Kinds of events: every state change and operator action is one, with its actor."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    HOST_REGISTERED = "host.registered"
+    HOST_UPDATED = "host.updated"
+    HOST_UP = "host.up"
+    HOST_DOWN = "host.down"
+    HOST_DISABLED = "host.disabled"
+    HOST_ENABLED = "host.enabled"
+    MAINTENANCE_ENTERED = "host.maintenance.entered"
+    MAINTENANCE_COMPLETED = "host.maintenance.completed"
+    MAINTENANCE_FAILED = "host.maintenance.failed"
+    MAINTENANCE_EXITED = "host.maintenance.exited"
+    DRAIN_STARTED = "drain.started"
+    DRAIN_COMPLETED = "drain.completed"
+    DRAIN_FAILED = "drain.failed"
+    DRAIN_CANCELLED = "drain.cancelled"
+    TOKEN_CREATED = "token.created"
+    TOKEN_REVOKED = "token.revoked"
+
+
+SYSTEM_ACTOR = "system"

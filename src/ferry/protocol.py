@@ -1,0 +1,78 @@
+"""Messages between agents and the controller. Agents import this module, never the API's."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from ferry.domain import validation
+
+HostName = Annotated[str, AfterValidator(validation.host_name)]
+NetworkName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Label = Annotated[str, Field(min_length=1, max_length=64)]
+Address = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.:\[\]-]+$")]
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vcpus: int = Field(ge=1, le=4096)
+    ram_mb: int = Field(ge=64, le=64 * 1024 * 1024)
+    disk_gb: int = Field(ge=0, le=1024 * 1024)
+    cpu_allocation_ratio: float = Field(default=4.0, gt=0, le=64)
+    ram_allocation_ratio: float = Field(default=1.0, gt=0, le=8)
+    disk_allocation_ratio: float = Field(default=1.0, gt=0, le=8)
+    reserved_vcpus: int = Field(default=0, ge=0)
+    reserved_ram_mb: int = Field(default=0, ge=0)
+    reserved_disk_gb: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _reserved_within_capacity(self) -> Inventory:
+        for kind, total, reserved in (
+            ("vcpus", self.vcpus, self.reserved_vcpus),
+            ("ram_mb", self.ram_mb, self.reserved_ram_mb),
+            ("disk_gb", self.disk_gb, self.reserved_disk_gb),
+        ):
+            if reserved > total:
+                raise ValueError(f"reserved {kind} ({reserved}) exceeds the host's {total}")
+        return self
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_model: Label
+    qemu_version: Label
+    machine_type: Label
+    networks: list[NetworkName] = Field(default_factory=list, max_length=256)
+
+    @model_validator(mode="after")
+    def _unique_networks(self) -> Capabilities:
+        if len(set(self.networks)) != len(self.networks):
+            raise ValueError("networks must not repeat")
+        return self
+
+
+class HostRegistration(BaseModel):
+    """Sent by an agent when it starts: who the host is and what it offers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: HostName
+    management_address: Address
+    migration_address: Address
+    inventory: Inventory
+    capabilities: Capabilities
+    agent_version: str = Field(default="", max_length=32)
+
+
+class RegistrationAccepted(BaseModel):
+    host: str
+    heartbeat_interval: float = Field(description="seconds between the heartbeats to send")
+    created: bool
+
+
+class HeartbeatAccepted(BaseModel):
+    host: str
+    heartbeat_interval: float

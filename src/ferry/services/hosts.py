@@ -1,0 +1,231 @@
+"""Hosts: registration and heartbeats from agents, listing, and administrative enable/disable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ferry.db.models import Host, Instance
+from ferry.db.types import utcnow
+from ferry.domain import validation
+from ferry.domain.errors import NotFound
+from ferry.domain.events import SYSTEM_ACTOR, EventKind
+from ferry.domain.host import (
+    ADMIN,
+    AdminAction,
+    AdminState,
+    Liveness,
+    MaintenanceState,
+    heartbeat_deadline,
+    liveness,
+)
+from ferry.domain.instance import InstanceState
+from ferry.protocol import HostRegistration
+from ferry.services.store import Store, record
+
+
+@dataclass(frozen=True)
+class LivenessPolicy:
+    interval: timedelta
+    misses: int = 3
+
+    def of(self, host: Host, now: datetime | None = None) -> Liveness:
+        return liveness(host.last_heartbeat_at, now or utcnow(), self.interval, self.misses)
+
+    def deadline(self, now: datetime | None = None) -> datetime:
+        return heartbeat_deadline(now or utcnow(), self.interval, self.misses)
+
+
+@dataclass(frozen=True)
+class HostFilter:
+    admin_state: AdminState | None = None
+    maintenance: tuple[MaintenanceState, ...] = ()
+    liveness: Liveness | None = None
+
+
+async def get_host(session: AsyncSession, name: str) -> Host:
+    host = await session.scalar(select(Host).where(Host.name == name))
+    if host is None:
+        raise NotFound(f"no host named {name!r}")
+    return host
+
+
+async def instance_counts(session: AsyncSession, host_ids: list[int]) -> dict[int, int]:
+    """Live (not deleted) instances per host."""
+    if not host_ids:
+        return {}
+    rows = await session.execute(
+        select(Instance.host_id, func.count())
+        .where(Instance.host_id.in_(host_ids), Instance.state != InstanceState.DELETED.value)
+        .group_by(Instance.host_id)
+    )
+    return {host_id: count for host_id, count in rows.tuples() if host_id is not None}
+
+
+def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:
+    """Copy what the agent reports onto the host; return the names of fields that changed."""
+    values = {
+        "management_address": reg.management_address,
+        "migration_address": reg.migration_address,
+        **reg.inventory.model_dump(),
+        **reg.capabilities.model_dump(),
+        "agent_version": reg.agent_version,
+    }
+    changed = [key for key, value in values.items() if getattr(host, key, None) != value]
+    for key in changed:
+        setattr(host, key, values[key])
+    return changed
+
+
+class HostService:
+    def __init__(self, store: Store, policy: LivenessPolicy) -> None:
+        self.store = store
+        self.policy = policy
+
+    async def register(self, reg: HostRegistration, actor: str) -> tuple[Host, bool]:
+        """Create or refresh a host. Admin and maintenance state are the operator's and survive
+        any number of re-registrations (reboots, agent restarts)."""
+        async with self.store.write() as session:
+            host = await session.scalar(select(Host).where(Host.name == reg.name))
+            created = host is None
+            if host is None:
+                host = Host(name=reg.name)
+                session.add(host)
+            changed = _apply_registration(host, reg)
+            self._beat(session, host, actor)
+            if created:
+                record(
+                    session,
+                    EventKind.HOST_REGISTERED,
+                    actor,
+                    f"host {reg.name} registered",
+                    host=reg.name,
+                    data={"inventory": reg.inventory.model_dump()},
+                )
+            elif changed:
+                record(
+                    session,
+                    EventKind.HOST_UPDATED,
+                    actor,
+                    f"host {reg.name} re-registered; changed: {', '.join(changed)}",
+                    host=reg.name,
+                    data={"changed": changed},
+                )
+        return host, created
+
+    async def heartbeat(self, name: str, actor: str) -> Host:
+        async with self.store.write() as session:
+            host = await get_host(session, name)
+            self._beat(session, host, actor)
+        return host
+
+    def _beat(self, session: AsyncSession, host: Host, actor: str) -> None:
+        now = utcnow()
+        was_down = host.last_heartbeat_at is not None and host.liveness_seen == Liveness.DOWN
+        host.last_heartbeat_at = now
+        if was_down:
+            host.liveness_seen = Liveness.UP.value
+            record(
+                session, EventKind.HOST_UP, actor, f"host {host.name} is up again", host=host.name
+            )
+
+    async def mark_down_silent_hosts(self) -> list[str]:
+        """Announce, once, every host whose heartbeats stopped. Returns their names."""
+        async with self.store.write() as session:
+            hosts = (
+                await session.scalars(
+                    select(Host).where(
+                        Host.liveness_seen == Liveness.UP.value,
+                        or_(
+                            Host.last_heartbeat_at.is_(None),
+                            Host.last_heartbeat_at < self.policy.deadline(),
+                        ),
+                    )
+                )
+            ).all()
+            for host in hosts:
+                host.liveness_seen = Liveness.DOWN.value
+                record(
+                    session,
+                    EventKind.HOST_DOWN,
+                    SYSTEM_ACTOR,
+                    f"host {host.name} is down: no heartbeat for {self.policy.misses}"
+                    f" intervals of {self.policy.interval.total_seconds():g}s",
+                    host=host.name,
+                    data={"last_heartbeat_at": _iso(host.last_heartbeat_at)},
+                )
+        return [host.name for host in hosts]
+
+    def _filtered(self, flt: HostFilter) -> Select[Host]:
+        query = select(Host).order_by(Host.name)
+        if flt.admin_state is not None:
+            query = query.where(Host.admin_state == flt.admin_state.value)
+        if flt.maintenance:
+            query = query.where(Host.maintenance_state.in_([m.value for m in flt.maintenance]))
+        deadline = self.policy.deadline()
+        if flt.liveness is Liveness.UP:
+            query = query.where(Host.last_heartbeat_at >= deadline)
+        elif flt.liveness is Liveness.DOWN:
+            query = query.where(
+                or_(Host.last_heartbeat_at.is_(None), Host.last_heartbeat_at < deadline)
+            )
+        return query
+
+    async def list(self, flt: HostFilter) -> tuple[list[Host], dict[int, int]]:
+        async with self.store.reading() as session:
+            hosts = list((await session.scalars(self._filtered(flt))).all())
+            counts = await instance_counts(session, [h.id for h in hosts])
+        return hosts, counts
+
+    async def get(self, name: str) -> tuple[Host, int]:
+        async with self.store.reading() as session:
+            host = await get_host(session, name)
+            counts = await instance_counts(session, [host.id])
+        return host, counts.get(host.id, 0)
+
+    async def disable(self, name: str, reason: str, actor: str) -> Host:
+        reason = validation.reason(reason)
+        async with self.store.write() as session:
+            host = await get_host(session, name)
+            state = ADMIN.apply(AdminState(host.admin_state), AdminAction.DISABLE, name=name)
+            self._set_admin(host, state, reason, actor)
+            record(
+                session,
+                EventKind.HOST_DISABLED,
+                actor,
+                f"host {name} disabled: {reason}",
+                host=name,
+                data={"reason": reason},
+            )
+        return host
+
+    async def enable(self, name: str, reason: str | None, actor: str) -> Host:
+        reason = validation.reason(reason) if reason is not None else None
+        async with self.store.write() as session:
+            host = await get_host(session, name)
+            state = ADMIN.apply(AdminState(host.admin_state), AdminAction.ENABLE, name=name)
+            self._set_admin(host, state, reason, actor)
+            suffix = f": {reason}" if reason else ""
+            record(
+                session,
+                EventKind.HOST_ENABLED,
+                actor,
+                f"host {name} enabled{suffix}",
+                host=name,
+                data={"reason": reason},
+            )
+        return host
+
+    @staticmethod
+    def _set_admin(host: Host, state: AdminState, reason: str | None, actor: str) -> None:
+        host.admin_state = state.value
+        host.admin_reason = reason
+        host.admin_actor = actor
+        host.admin_changed_at = utcnow()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

@@ -1,0 +1,84 @@
+"""Transactions that wake event listeners (SSE streams, reconcile loops) once they commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from ferry.db.database import Database
+from ferry.db.models import Event
+from ferry.domain.errors import Conflict
+from ferry.domain.events import EventKind
+
+
+class EventBus:
+    """In-process wake-up signal: the controller is the only writer, so every committed change
+    passes through here. Listeners take `current()` before they read, then `wait()` on it, so no
+    notification between their read and their wait is lost."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    @staticmethod
+    async def wait(seen: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await seen.wait()
+
+
+class Store:
+    def __init__(self, db: Database, bus: EventBus) -> None:
+        self.db = db
+        self.bus = bus
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self.db.writing() as session:
+                yield session
+        except StaleDataError as exc:
+            raise Conflict("the record changed while this request ran; try again") from exc
+        self.bus.notify()
+
+    def reading(self) -> Any:
+        return self.db.reading()
+
+
+def record(
+    session: AsyncSession,
+    kind: EventKind,
+    actor: str,
+    message: str,
+    *,
+    host: str | None = None,
+    drain_id: str | None = None,
+    instance_id: str | None = None,
+    migration_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Add an event to the caller's transaction: it commits with the change it describes."""
+    event = Event(
+        kind=kind.value,
+        actor=actor,
+        message=message,
+        host=host,
+        drain_id=drain_id,
+        instance_id=instance_id,
+        migration_id=migration_id,
+        data=data or {},
+    )
+    session.add(event)
+    return event
