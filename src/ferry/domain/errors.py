@@ -33,9 +33,9 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
     def __init__(self, entity: str, state: str, action: str, allowed: list[str]) -> None:
-        allowed_text = ", ".join(allowed) if allowed else "none"
+        allowed_text = ", ".join(allowed) if allowed else "nothing"
         super().__init__(
-            f"cannot {action} {entity} in state '{state}' (allowed from '{state}': {allowed_text})"
+            f"{entity}: cannot {action} in state '{state}'; allowed there: {allowed_text}"
         )
         self.entity = entity
         self.state = state

@@ -44,11 +44,11 @@ class MaintenanceState(StrEnum):
 
 
 class MaintenanceAction(StrEnum):
-    ENTER = "enter maintenance on"
-    DRAINED = "complete the drain of"
-    FAIL = "fail the drain of"
-    RETRY = "retry the drain of"
-    EXIT = "exit maintenance on"
+    ENTER = "enter maintenance"
+    DRAINED = "complete the drain"
+    FAIL = "fail the drain"
+    RETRY = "retry the drain"
+    EXIT = "exit maintenance"
 
 
 MAINTENANCE = StateMachine[MaintenanceState, MaintenanceAction](

@@ -1,0 +1,25 @@
+# Everything starts from a fresh machine: each target installs what it needs first.
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint unit demo clean
+
+setup:
+	@scripts/setup.sh
+
+## make test: every check CI runs: lint, types, layer contracts, then the whole test suite.
+test: setup lint
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/ruff check src tests
+	$(VENV)/ruff format --check src tests
+	$(VENV)/mypy
+	$(VENV)/lint-imports
+
+## make demo: a controller with simulated hosts; one host into maintenance and back.
+demo: setup
+	@scripts/demo.sh
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,48 @@
+"""ferry agent simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Annotated
+
+import httpx
+import typer
+
+from ferry.agent.simulate import SimulatedFleet, run
+from ferry.cli.client import CliError
+from ferry.cli.context import api
+
+app = typer.Typer(help="Host agents.", no_args_is_help=True)
+
+
+@app.command("simulate")
+def simulate(
+    ctx: typer.Context,
+    hosts: Annotated[int, typer.Option(min=1, max=250, help="how many hosts")] = 3,
+    prefix: Annotated[str, typer.Option(help="host names are PREFIX1..PREFIXN")] = "host",
+    vcpus: Annotated[int, typer.Option(min=1)] = 8,
+    ram_mb: Annotated[int, typer.Option(min=64)] = 16384,
+) -> None:
+    """Register simulated hosts and heartbeat them until stopped (needs an agent token)."""
+    client = api(ctx)
+    if not client.config.token:
+        raise CliError("no token: set FERRY_TOKEN to a token with the agent role")
+    fleet = SimulatedFleet(client.config.url, client.config.token, hosts, prefix, vcpus, ram_mb)
+    typer.echo(f"simulating {hosts} host(s) {prefix}1..{prefix}{hosts}; Ctrl-C stops", err=True)
+    try:
+        asyncio.run(_until_signal(fleet))
+    except httpx.HTTPStatusError as exc:
+        raise CliError(f"the controller refused: {exc.response.text}") from exc
+    except httpx.TransportError as exc:
+        raise CliError(f"cannot reach the controller at {fleet.url}: {exc}") from exc
+
+
+async def _until_signal(fleet: SimulatedFleet) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await run(fleet, stop=stop)

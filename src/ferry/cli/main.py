@@ -1,0 +1,50 @@
+"""The `ferry` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ferry import __version__
+from ferry.cli import agent_cmd, controller_cmd, events, hosts, tokens
+from ferry.cli.client import CliError
+
+app = typer.Typer(
+    name="ferry",
+    help="Ferry: take hosts of a QEMU/KVM cloud into maintenance and back, without downtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(hosts.app, name="host")
+app.add_typer(events.app, name="event")
+app.add_typer(tokens.app, name="token")
+app.add_typer(controller_cmd.app, name="controller")
+app.add_typer(agent_cmd.app, name="agent")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ferry {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    url: Annotated[str | None, typer.Option(help="controller URL [FERRY_URL]")] = None,
+    token: Annotated[str | None, typer.Option(help="API token [FERRY_TOKEN]")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Connection settings: flags, then FERRY_URL / FERRY_TOKEN / FERRY_TOKEN_FILE, then
+    ~/.config/ferry/cli.toml (or FERRY_CONFIG) with url and token or token_file."""
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
