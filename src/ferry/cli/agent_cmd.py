@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
 
-from ferry.agent.simulate import SimulatedFleet, run
 from ferry.cli.client import CliError
 from ferry.cli.context import api
+
+if TYPE_CHECKING:
+    from ferry.agent.simulate import SimulatedFleet
 
 app = typer.Typer(help="Host agents.", no_args_is_help=True)
 
@@ -26,6 +28,9 @@ def simulate(
     ram_mb: Annotated[int, typer.Option(min=64)] = 16384,
 ) -> None:
     """Register simulated hosts and heartbeat them until stopped (needs an agent token)."""
+    # Imported here: the protocol models are not needed by any other command.
+    from ferry.agent.simulate import SimulatedFleet  # noqa: PLC0415
+
     client = api(ctx)
     if not client.config.token:
         raise CliError("no token: set FERRY_TOKEN to a token with the agent role")
@@ -40,6 +45,8 @@ def simulate(
 
 
 async def _until_signal(fleet: SimulatedFleet) -> None:
+    from ferry.agent.simulate import run  # noqa: PLC0415
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

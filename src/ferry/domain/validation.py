@@ -26,7 +26,7 @@ def reason(text: str, *, field: str = "reason") -> str:
 
 def host_name(name: str) -> str:
     """Host names are DNS labels or dotted names: lowercase letters, digits, '-' and '.'."""
-    if not _HOST_NAME.match(name):
+    if not _HOST_NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid host name {name!r}: use 1-63 lowercase letters, digits, '-' or '.',"
             " starting and ending with a letter or digit"
@@ -35,7 +35,7 @@ def host_name(name: str) -> str:
 
 
 def token_name(name: str) -> str:
-    if not _TOKEN_NAME.match(name):
+    if not _TOKEN_NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid token name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-'"
         )
