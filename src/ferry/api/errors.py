@@ -47,7 +47,12 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [f"{_location(tuple(err['loc']))}: {err['msg']}" for err in exc.errors()]
+    problems = [
+        "the request body is not valid JSON"
+        if err["type"] == "json_invalid"
+        else f"{_location(tuple(err['loc']))}: {err['msg']}"
+        for err in exc.errors()
+    ]
     return _body("invalid_input", "; ".join(problems) or "invalid request", 422)
 
 

@@ -12,6 +12,7 @@ from ferry.db.models import Event
 from ferry.services.store import Store
 
 MAX_PAGE = 1000
+MAX_EVENT_ID = 2**63 - 1  # the largest id any SQL database here can hold
 
 
 @dataclass(frozen=True)

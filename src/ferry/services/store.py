@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -46,12 +47,23 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
+        flushed = False
+
+        def _flushed(*_args: Any) -> None:
+            nonlocal flushed
+            flushed = True
+
         try:
             async with self.db.writing() as session:
+                event.listen(session.sync_session, "after_flush", _flushed)
                 yield session
+                changed = flushed or bool(session.new or session.dirty or session.deleted)
         except StaleDataError as exc:
             raise Conflict("the record changed while this request ran; try again") from exc
-        self.bus.notify()
+        # Only a transaction that wrote something wakes listeners: a reconcile pass that finds
+        # nothing to do must not wake itself (or it would spin without pause).
+        if changed:
+            self.bus.notify()
 
     def reading(self) -> Any:
         return self.db.reading()

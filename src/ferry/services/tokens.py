@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.db.models import ApiToken
 from ferry.db.types import utcnow
@@ -87,6 +88,10 @@ class TokenService:
                 raise NotFound(f"no token named {name_or_id!r}")
             if token.revoked_at is not None:
                 raise Conflict(f"token {token.name!r} is revoked already")
+            if token.role == Role.ADMIN and await self._active_admins(session) == 1:
+                raise Conflict(
+                    f"token {token.name!r} is the last admin token; create another admin first"
+                )
             token.revoked_at = utcnow()
             token.revoked_by = actor
             record(
@@ -97,6 +102,17 @@ class TokenService:
                 data={"token": token.name, "role": token.role},
             )
         return token
+
+    @staticmethod
+    async def _active_admins(session: AsyncSession) -> int:
+        return (
+            await session.scalar(
+                select(func.count())
+                .select_from(ApiToken)
+                .where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+            )
+            or 0
+        )
 
     async def authenticate(self, secret: str) -> Principal:
         async with self.store.reading() as session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -12,7 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from ferry.api import schemas
 from ferry.api.deps import Ctl, Reader
 from ferry.api.routers.hosts import ERRORS
-from ferry.services.events import MAX_PAGE, EventFilter
+from ferry.services.events import MAX_EVENT_ID, MAX_PAGE, EventFilter
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -27,7 +27,14 @@ def _filter(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> EventFilter:
-    return EventFilter(tuple(kind or ()), host, actor, drain, since, until)
+    return EventFilter(tuple(kind or ()), host, actor, drain, _utc(since), _utc(until))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times without a zone are UTC, as every time the API returns is."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 @router.get("", response_model=schemas.EventPage, responses=ERRORS)
@@ -40,8 +47,8 @@ async def list_events(
     drain: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_EVENT_ID)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> schemas.EventPage:
@@ -70,8 +77,10 @@ async def stream_events(
     host: str | None = None,
     actor: str | None = None,
     drain: str | None = None,
-    after: Annotated[int | None, Query(ge=0, description="replay events after this id")] = None,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="replay events after this id")
+    ] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
 ) -> EventSourceResponse:
     start = last_event_id if last_event_id is not None else after
     if start is None:
