@@ -62,7 +62,7 @@ async def instance_counts(session: AsyncSession, host_ids: list[int]) -> dict[in
         .where(Instance.host_id.in_(host_ids), Instance.state != InstanceState.DELETED.value)
         .group_by(Instance.host_id)
     )
-    return {host_id: count for host_id, count in rows.tuples() if host_id is not None}
+    return {host_id: count for host_id, count in rows.all() if host_id is not None}
 
 
 def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:

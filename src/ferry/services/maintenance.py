@@ -164,7 +164,7 @@ class MaintenanceService:
                 .join(Host, Drain.host_id == Host.id)
                 .where(Drain.state == DrainState.RUNNING.value)
             )
-            for drain, host in rows.tuples():
+            for drain, host in rows.all():
                 if await instances_on(session, host.id):
                     continue
                 self._finish(drain, DrainAction.COMPLETE)
