@@ -1,57 +1,57 @@
 #!/usr/bin/env bash
-# A tour of Ferry for a new user: a controller, three hosts, and one host taken into maintenance
-# and back, all through the `ferry` CLI. Leaves nothing running (set DEMO_KEEP=1 to keep it up).
+# A tour of Ferry for a new user: a real 3-host lab (network namespaces, QEMU guests, mutual TLS),
+# instances answering ping, and one host taken into maintenance and back, all through `ferry`.
+# Leaves nothing running (DEMO_KEEP=1 keeps the lab up; `ferry lab down` removes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 
-state=$(mktemp -d /tmp/ferry-demo.XXXXXX)
-port=${DEMO_PORT:-8470}
-export FERRY_URL="http://127.0.0.1:$port" FERRY_TOKEN_FILE="$state/admin.token"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$state"
-}
+lab_dir=${DEMO_LAB_DIR:-/var/lib/ferry-lab/demo}
+driver=qemu
+if [ "$(id -u)" != 0 ]; then
+  echo "not root: the lab runs with simulated guests (--driver fake); run as root for QEMU"
+  driver=fake
+fi
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+cleanup() { [ "${DEMO_KEEP:-0}" = 1 ] || ferry lab down --dir "$lab_dir" >/dev/null 2>&1 || true; }
 
-step "Start a controller (state in $state, API on $FERRY_URL)"
-FERRY_HEARTBEAT_INTERVAL=2 ferry controller serve --state-dir "$state" --listen "127.0.0.1:$port" \
-  >"$state/controller.log" 2>&1 &
-pids+=($!)
+ferry lab down --dir "$lab_dir" >/dev/null 2>&1 || true
 trap cleanup EXIT
-for _ in $(seq 100); do curl -fs "$FERRY_URL/v1/health" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs "$FERRY_URL/v1/health" >/dev/null || { cat "$state/controller.log"; exit 1; }
-echo "the first start wrote an admin token to $FERRY_TOKEN_FILE (mode 0600)"
 
-step "Three hosts register and heartbeat (simulated agents with an agent-role token)"
-agent_token=$(ferry token create demo-agents --role agent 2>/dev/null)
-FERRY_TOKEN="$agent_token" ferry agent simulate --hosts 3 >"$state/agents.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do [ "$(ferry host list -f json | grep -c '"name"')" = 3 ] && break; sleep 0.1; done
+step "Bring up a lab: 3 hosts, 4 instances, links shaped to 1 Gbit/s"
+run ferry lab up --hosts 3 --instances 4 --link-mbit 1000 --driver "$driver" --dir "$lab_dir"
+eval "$(ferry lab env --dir "$lab_dir")"
+
+step "Hosts and instances, as the controller sees them"
 run ferry host list
+run ferry instance list
+
+if [ "$driver" = qemu ]; then
+  step "Every instance answers ping from this machine, on its own IP"
+  for ip in $(ferry instance list -f json | python3 -c 'import json,sys; print(" ".join(i["ports"][0]["ip"] for i in json.load(sys.stdin)))'); do
+    for _ in $(seq 60); do ping -c 1 -W 1 "$ip" >/dev/null 2>&1 && break; sleep 0.5; done
+    printf '%s: ' "$ip"; ping -c 3 -i 0.3 -W 2 "$ip" | tail -1
+  done
+fi
 
 step "Preview maintenance on host1 (dry run: nothing changes)"
 run ferry host maintenance enter host1 --reason "BIOS update" --dry-run
 
-step "Enter maintenance: host1 leaves scheduling at once, and is drained"
-run ferry host maintenance enter host1 --reason "BIOS update" --wait
-run ferry host list
-
-step "A second enter is refused with the reason"
-run ferry host maintenance enter host1 --reason "again" || true
+step "Enter maintenance: host1 leaves scheduling at once"
+run ferry host maintenance enter host1 --reason "BIOS update"
+run ferry host maintenance status host1
+run ferry instance create vm-new --flavor tiny --network lab --wait
+echo "(vm-new went elsewhere: a host in maintenance receives nothing)"
 
 step "Exit maintenance: host1 is back in service"
 run ferry host maintenance exit host1 --reason "BIOS updated"
 run ferry host list
 
 step "Every change is an event, with who did it"
-run ferry event list --limit 20
+run ferry event list --limit 15
 
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-  step "Still running; in another shell: export FERRY_URL=$FERRY_URL FERRY_TOKEN_FILE=$FERRY_TOKEN_FILE"
-  echo "Ctrl-C stops the controller and the hosts."
-  wait "${pids[0]}"
+  step "The lab stays up. In another shell:  eval \"\$(ferry lab env --dir $lab_dir)\""
+  echo "Remove it with: ferry lab down --dir $lab_dir"
 fi

@@ -65,6 +65,51 @@ class HostRegistration(BaseModel):
     inventory: Inventory
     capabilities: Capabilities
     agent_version: str = Field(default="", max_length=32)
+    agent_url: str | None = Field(
+        default=None, max_length=128, pattern=r"^https://", description="the agent's HTTPS API"
+    )
+
+
+class GuestReport(BaseModel):
+    """One guest as the agent's driver sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(max_length=36)
+    name: str = Field(max_length=63)
+    power: str = Field(max_length=16)
+    pid: int | None = None
+    detail: str = Field(default="", max_length=512)
+
+
+class Heartbeat(BaseModel):
+    """Sent every heartbeat interval; `guests` is what runs on the host now (None: unknown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guests: list[GuestReport] | None = None
+
+
+class PortIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkName
+    mac: str = Field(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+    ip: str = Field(max_length=64, description="address/prefix")
+    gateway: str | None = None
+
+
+class GuestSpecIn(BaseModel):
+    """What the controller asks an agent to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    name: str = Field(max_length=63)
+    vcpus: int = Field(ge=1, le=64)
+    ram_mb: int = Field(ge=64, le=1024 * 1024)
+    ports: list[PortIn] = Field(default_factory=list, max_length=8)
+    dirty_rate_mbps: int = Field(default=0, ge=0, le=10_000)
 
 
 class RegistrationAccepted(BaseModel):

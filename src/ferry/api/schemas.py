@@ -45,6 +45,7 @@ class HostOut(BaseModel):
     capabilities: Capabilities
     instances: int
     agent_version: str
+    agent_url: str | None
     registered_at: datetime
 
 

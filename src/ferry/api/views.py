@@ -40,6 +40,7 @@ def host(record: Host, instances: int, policy: LivenessPolicy) -> schemas.HostOu
         capabilities=Capabilities.model_validate(record, from_attributes=True),
         instances=instances,
         agent_version=record.agent_version,
+        agent_url=record.agent_url,
         registered_at=record.registered_at,
     )
 

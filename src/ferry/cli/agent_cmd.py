@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import httpx
@@ -53,3 +54,26 @@ async def _until_signal(fleet: SimulatedFleet) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await run(fleet, stop=stop)
+
+
+@app.command("serve")
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="the agent's TOML settings")],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run this host's agent: HTTPS API for the controller (mutual TLS), registration and
+    heartbeats, and the guests of its driver."""
+    import logging  # noqa: PLC0415
+
+    from ferry.agent.config import AgentConfigError, load_agent_settings  # noqa: PLC0415
+    from ferry.agent.runtime import serve as run_agent  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_agent_settings(config)
+    except AgentConfigError as exc:
+        raise CliError(str(exc)) from exc
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_agent(settings))

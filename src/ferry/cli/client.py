@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import tomllib
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ class CliError(Exception):
 class ClientConfig:
     url: str
     token: str | None
+    ca: str | None = None  # CA bundle that signed an https controller's certificate
 
 
 def _config_file() -> Path:
@@ -66,7 +68,10 @@ def resolve(url: str | None, token: str | None) -> ClientConfig:
         token = file.get("token") or (
             _read_token_file(file["token_file"]) if file.get("token_file") else None
         )
-    return ClientConfig(url=str(url).rstrip("/"), token=token)
+    ca = os.environ.get("FERRY_CA") or file.get("ca")
+    if ca and not Path(ca).is_file():
+        raise CliError(f"CA file {ca} (FERRY_CA) does not exist")
+    return ClientConfig(url=str(url).rstrip("/"), token=token, ca=ca)
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -89,7 +94,12 @@ class Api:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
-        self.http = httpx.Client(base_url=config.url, headers=headers, timeout=TIMEOUT)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=config.ca) if config.ca else True
+        )
+        self.http = httpx.Client(
+            base_url=config.url, headers=headers, timeout=TIMEOUT, verify=verify
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from ferry import __version__
-from ferry.cli import agent_cmd, controller_cmd, events, hosts, tokens
+from ferry.cli import (
+    agent_cmd,
+    controller_cmd,
+    events,
+    hosts,
+    image_cmd,
+    instances,
+    lab_cmd,
+    pki_cmd,
+    tokens,
+)
 from ferry.cli.client import CliError
 
 app = typer.Typer(
@@ -18,10 +28,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(hosts.app, name="host")
+app.add_typer(instances.instances, name="instance")
+app.add_typer(instances.flavors, name="flavor")
+app.add_typer(instances.networks, name="network")
 app.add_typer(events.app, name="event")
 app.add_typer(tokens.app, name="token")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(agent_cmd.app, name="agent")
+app.add_typer(pki_cmd.app, name="pki")
+app.add_typer(image_cmd.app, name="image")
+app.add_typer(lab_cmd.app, name="lab")
 
 
 def _version(value: bool) -> None:

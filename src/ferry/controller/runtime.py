@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from datetime import timedelta
 
 from ferry.config import ControllerSettings
+from ferry.controller.agents import AgentClient
 from ferry.db.database import Database
+from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.loop import ReconcileLoop
+from ferry.pki.tls import ssl_context_client
+from ferry.services.catalog import CatalogService
 from ferry.services.events import EventService
 from ferry.services.hosts import HostService, LivenessPolicy
+from ferry.services.instances import InstanceService
 from ferry.services.maintenance import MaintenanceService
 from ferry.services.store import EventBus, Store
 from ferry.services.tokens import TokenService
@@ -32,6 +38,10 @@ class Controller:
         self.maintenance = MaintenanceService(self.store)
         self.tokens = TokenService(self.store)
         self.events = EventService(self.store)
+        self.catalog = CatalogService(self.store)
+        self.instances = InstanceService(self.store, self.liveness)
+        self.agents = AgentClient(self._agent_tls())
+        reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         self.loops = [
             ReconcileLoop(
                 "liveness",
@@ -44,8 +54,15 @@ class Controller:
                 settings.reconcile_interval,
                 self.bus,
             ),
+            ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
         ]
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _agent_tls(self) -> ssl.SSLContext | None:
+        s = self.settings
+        if s.tls_cert and s.tls_key and s.tls_ca:
+            return ssl_context_client(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca)
+        return None
 
     async def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -64,4 +81,5 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks = []
+        await self.agents.close()
         await self.db.dispose()

@@ -25,5 +25,7 @@ def run(settings: ControllerSettings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=3,
         access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
     asyncio.run(uvicorn.Server(config).serve())

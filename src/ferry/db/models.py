@@ -48,6 +48,7 @@ class Host(Base):
     machine_type: Mapped[str] = mapped_column(String(64))
     networks: Mapped[list[Any]] = mapped_column(default=list)
     agent_version: Mapped[str] = mapped_column(String(32), default="")
+    agent_url: Mapped[str | None] = mapped_column(String(128))
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_heartbeat_at: Mapped[datetime | None]
     # The liveness last announced by an event; the live value is derived from last_heartbeat_at.
@@ -69,6 +70,30 @@ class Host(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class Flavor(Base):
+    __tablename__ = "flavors"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    vcpus: Mapped[int]
+    ram_mb: Mapped[int]
+    disk_gb: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Network(Base):
+    """An instance network: an address range that spans every host that offers it, so an
+    instance keeps its address wherever it runs."""
+
+    __tablename__ = "networks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    cidr: Mapped[str] = mapped_column(String(64))
+    gateway: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Instance(Base):
     __tablename__ = "instances"
 
@@ -78,9 +103,13 @@ class Instance(Base):
     ram_mb: Mapped[int]
     disk_gb: Mapped[int]
     image: Mapped[str] = mapped_column(String(128))
+    flavor: Mapped[str] = mapped_column(String(63), default="")
+    dirty_rate_mbps: Mapped[int] = mapped_column(default=0)
     server_group: Mapped[str | None] = mapped_column(String(63))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=InstanceState.BUILDING.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -20,6 +20,11 @@ class EventKind(StrEnum):
     DRAIN_COMPLETED = "drain.completed"
     DRAIN_FAILED = "drain.failed"
     DRAIN_CANCELLED = "drain.cancelled"
+    INSTANCE_CREATED = "instance.created"
+    INSTANCE_RUNNING = "instance.running"
+    INSTANCE_ERROR = "instance.error"
+    INSTANCE_DELETING = "instance.deleting"
+    INSTANCE_DELETED = "instance.deleted"
     TOKEN_CREATED = "token.created"
     TOKEN_REVOKED = "token.revoked"
 

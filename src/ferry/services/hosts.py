@@ -73,6 +73,7 @@ def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:
         **reg.inventory.model_dump(),
         **reg.capabilities.model_dump(),
         "agent_version": reg.agent_version,
+        "agent_url": reg.agent_url,
     }
     changed = [key for key, value in values.items() if getattr(host, key, None) != value]
     for key in changed:

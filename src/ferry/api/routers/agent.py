@@ -6,7 +6,12 @@ from fastapi import APIRouter
 
 from ferry.api.deps import Agent, Ctl
 from ferry.api.routers.hosts import ERRORS
-from ferry.protocol import HeartbeatAccepted, HostRegistration, RegistrationAccepted
+from ferry.protocol import (
+    Heartbeat,
+    HeartbeatAccepted,
+    HostRegistration,
+    RegistrationAccepted,
+)
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
@@ -20,6 +25,10 @@ async def register(ctl: Ctl, who: Agent, body: HostRegistration) -> Registration
 
 
 @router.post("/hosts/{name}/heartbeat", response_model=HeartbeatAccepted, responses=ERRORS)
-async def heartbeat(ctl: Ctl, who: Agent, name: str) -> HeartbeatAccepted:
+async def heartbeat(
+    ctl: Ctl, who: Agent, name: str, body: Heartbeat | None = None
+) -> HeartbeatAccepted:
     host = await ctl.hosts.heartbeat(name, who.name)
+    if body is not None and body.guests is not None:
+        await ctl.instances.apply_report(name, body.guests)
     return HeartbeatAccepted(host=host.name, heartbeat_interval=ctl.settings.heartbeat_interval)

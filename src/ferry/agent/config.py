@@ -1,0 +1,75 @@
+"""Agent settings, from a TOML file (`ferry agent serve --config FILE`)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ferry.protocol import Address, HostName, Inventory, NetworkName
+
+
+class TlsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ca: Path = Field(description="the cluster CA certificate")
+    cert: Path = Field(description="this host's certificate (server and client use)")
+    key: Path
+    controller_cert: Path = Field(description="the only client certificate the agent accepts")
+
+
+class QemuSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kernel: Path
+    initrd: Path
+    bridge: str = "br-inst"
+    binary: str = "qemu-system-x86_64"
+
+
+class AgentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: HostName
+    listen: str = Field(description="HOST:PORT of the agent's HTTPS API")
+    management_address: Address
+    migration_address: Address
+    controller_url: str
+    token_file: Path = Field(description="an agent-role API token, for registering")
+    driver: Literal["qemu", "fake"] = "qemu"
+    run_dir: Path
+    networks: list[NetworkName] = Field(default_factory=list)
+    inventory: Inventory | None = Field(
+        default=None, description="what to offer; default: what the driver measures"
+    )
+    tls: TlsSettings
+    qemu: QemuSettings | None = None
+
+    @property
+    def agent_url(self) -> str:
+        return f"https://{self.listen}"
+
+
+class AgentConfigError(Exception):
+    pass
+
+
+def load_agent_settings(path: Path) -> AgentSettings:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise AgentConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise AgentConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        settings = AgentSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise AgentConfigError(f"{path}: {problems}") from exc
+    if settings.driver == "qemu" and settings.qemu is None:
+        raise AgentConfigError(f"{path}: the qemu driver needs a [qemu] section")
+    return settings

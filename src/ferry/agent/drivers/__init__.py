@@ -1,0 +1,1 @@
+"""Hypervisor drivers behind one interface: `qemu` (real) and `fake` (simulator)."""

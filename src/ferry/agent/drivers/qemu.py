@@ -1,0 +1,206 @@
+"""The QEMU driver: one QEMU process per instance, managed over its QMP socket.
+
+Each instance has a run directory `<run_dir>/<id>/` with its spec, pid file, QMP socket and
+serial log. QEMU daemonizes, so instances outlive the agent; a restarted agent finds them by
+their run directories and live pids (re-attach), never by restarting them. Machine type and CPU
+model are pinned so that any two hosts of a cluster can exchange guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+from dataclasses import asdict
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+
+from ferry.agent import net
+from ferry.agent.drivers.base import (
+    Driver,
+    DriverError,
+    GuestPower,
+    GuestSpec,
+    GuestStatus,
+    HostFacts,
+    PortSpec,
+)
+from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv
+
+QMP_TIMEOUT = 5.0
+_POWER = {
+    "running": GuestPower.RUNNING,
+    "paused": GuestPower.PAUSED,
+    "inmigrate": GuestPower.INCOMING,
+    "postmigrate": GuestPower.PAUSED,
+    "finish-migrate": GuestPower.PAUSED,
+    "prelaunch": GuestPower.PAUSED,
+    "shutdown": GuestPower.STOPPED,
+    "guest-panicked": GuestPower.CRASHED,
+    "internal-error": GuestPower.CRASHED,
+}
+
+
+def _pid_alive(pid: int, instance_id: str) -> bool:
+    """True when `pid` is a live QEMU of this instance (pids are reused after exit)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"qemu-system" in cmdline and instance_id.encode() in cmdline
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+
+    def __init__(self, config: QemuConfig) -> None:
+        self.config = config
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _dir(self, instance_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):
+            raise DriverError(f"invalid instance id {instance_id!r}")
+        return self.config.run_dir / instance_id
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    async def facts(self) -> HostFacts:
+        proc = await asyncio.create_subprocess_exec(
+            self.config.binary, "--version", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        match = re.search(rb"version (\d+\.\d+(\.\d+)?)", out)
+        meminfo = await asyncio.to_thread(Path("/proc/meminfo").read_text)
+        total = re.search(r"MemTotal:\s+(\d+)", meminfo)
+        total_kb = int(total.group(1)) if total else 0
+        disk = shutil.disk_usage(self.config.run_dir)
+        return HostFacts(
+            vcpus=os.cpu_count() or 1,
+            ram_mb=total_kb // 1024,
+            disk_gb=disk.total // 2**30,
+            cpu_model=self.config.cpu_model,
+            qemu_version=match.group(1).decode() if match else "unknown",
+            machine_type=self.config.machine_type,
+        )
+
+    async def spawn(self, spec: GuestSpec) -> GuestStatus:
+        async with self._lock(spec.id):
+            current = await self._status(spec.id)
+            if current is not None and current.power is not GuestPower.STOPPED:
+                return current
+            rundir = self._dir(spec.id)
+            shutil.rmtree(rundir, ignore_errors=True)
+            rundir.mkdir(parents=True)
+            (rundir / "spec.json").write_text(json.dumps(asdict(spec)))
+            taps = [net.tap_name(spec.id, i) for i in range(len(spec.ports))]
+            for tap in taps:
+                await net.create_tap(tap, self.config.bridge)
+            try:
+                await self._launch(spec, rundir, taps)
+            except DriverError:
+                await self._cleanup(spec.id, taps)
+                raise
+            status = await self._status(spec.id)
+            if status is None:
+                raise DriverError(f"QEMU for {spec.name} exited right after starting")
+            return status
+
+    async def _launch(self, spec: GuestSpec, rundir: Path, taps: list[str]) -> None:
+        argv = guest_argv(self.config, spec, rundir, taps)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _out, err = await proc.communicate()  # -daemonize: returns once the guest is set up
+        if proc.returncode != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            why = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise DriverError(f"QEMU for {spec.name} failed to start: {why}")
+
+    async def destroy(self, instance_id: str) -> None:
+        async with self._lock(instance_id):
+            rundir = self._dir(instance_id)
+            spec = self._spec(instance_id)
+            taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))] if spec else []
+            pid = self._pid(instance_id)
+            if pid is not None:
+                await self._stop_process(instance_id, pid)
+            await self._cleanup(instance_id, taps)
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    async def _stop_process(self, instance_id: str, pid: int) -> None:
+        with contextlib.suppress(Exception):
+            await self._qmp(instance_id, "quit")
+        for _ in range(50):
+            if not _pid_alive(pid, instance_id):
+                return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(50):
+            if not _pid_alive(pid, instance_id):
+                return
+            await asyncio.sleep(0.1)
+        raise DriverError(f"QEMU process {pid} of {instance_id} does not exit")
+
+    async def _cleanup(self, instance_id: str, taps: list[str]) -> None:
+        for tap in taps:
+            await net.delete_tap(tap)
+
+    async def list(self) -> list[GuestStatus]:
+        guests = []
+        for spec_file in sorted(self.config.run_dir.glob("*/spec.json")):
+            status = await self._status(spec_file.parent.name)
+            if status is not None:
+                guests.append(status)
+        return guests
+
+    def _spec(self, instance_id: str) -> GuestSpec | None:
+        try:
+            raw = json.loads((self._dir(instance_id) / "spec.json").read_text())
+        except (OSError, ValueError):
+            return None
+        ports = tuple(PortSpec(**p) for p in raw.pop("ports", []))
+        return GuestSpec(**raw, ports=ports)
+
+    def _pid(self, instance_id: str) -> int | None:
+        try:
+            pid = int((self._dir(instance_id) / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid, instance_id) else None
+
+    async def _status(self, instance_id: str) -> GuestStatus | None:
+        spec = self._spec(instance_id)
+        if spec is None:
+            return None
+        taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))]
+        pid = self._pid(instance_id)
+        if pid is None:
+            return GuestStatus(
+                spec.id, spec.name, GuestPower.STOPPED, None, taps, "no QEMU process"
+            )
+        try:
+            state = await self._qmp(instance_id, "query-status")
+            power = _POWER.get(str(state.get("status")), GuestPower.PAUSED)
+            detail = str(state.get("status"))
+        except Exception as exc:  # a busy or wedged QMP socket must not hide the guest
+            power, detail = GuestPower.RUNNING, f"QMP not answering: {exc}"
+        return GuestStatus(spec.id, spec.name, power, pid, taps, detail)
+
+    async def _qmp(self, instance_id: str, command: str) -> dict[str, object]:
+        client = QMPClient(f"ferry-agent-{instance_id[:8]}")
+        sock = str(self._dir(instance_id) / "qmp.sock")
+        try:
+            await asyncio.wait_for(client.connect(sock), QMP_TIMEOUT)
+            result = await asyncio.wait_for(client.execute(command), QMP_TIMEOUT)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        return result if isinstance(result, dict) else {}

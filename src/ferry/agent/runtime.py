@@ -1,0 +1,69 @@
+"""One agent process: its HTTPS API (mutual TLS, pinned to the controller) and its reporter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import uvicorn
+
+from ferry.agent.config import AgentSettings
+from ferry.agent.drivers.base import Driver, HostFacts
+from ferry.agent.drivers.fake import FakeDriver
+from ferry.agent.reporter import Reporter
+from ferry.agent.server import create_agent_app
+from ferry.config import parse_listen
+from ferry.pki.tls import ssl_context_client, ssl_context_server_pinned
+
+log = logging.getLogger(__name__)
+
+
+def make_driver(settings: AgentSettings) -> Driver:
+    if settings.driver == "fake":
+        inv = settings.inventory
+        facts = HostFacts(
+            vcpus=inv.vcpus if inv else 8,
+            ram_mb=inv.ram_mb if inv else 16384,
+            disk_gb=inv.disk_gb if inv else 100,
+            cpu_model="qemu64",
+            qemu_version="7.2",
+            machine_type="pc-q35-7.2",
+        )
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        return FakeDriver(facts, settings.run_dir / "fake-guests.json")
+    from ferry.agent.drivers.qemu import QemuDriver  # noqa: PLC0415 - needs pyroute2 and QMP
+    from ferry.agent.drivers.qemu_argv import QemuConfig  # noqa: PLC0415
+
+    assert settings.qemu is not None
+    q = settings.qemu
+    return QemuDriver(QemuConfig(settings.run_dir, q.kernel, q.initrd, q.bridge, q.binary))
+
+
+async def serve(settings: AgentSettings) -> None:
+    driver = make_driver(settings)
+    tls = settings.tls
+    server_tls: ssl.SSLContext = ssl_context_server_pinned(
+        cert=tls.cert, key=tls.key, peer=tls.controller_cert
+    )
+    reporter = Reporter(settings, driver, ssl_context_client(cert=tls.cert, key=tls.key, ca=tls.ca))
+    host, port = parse_listen(settings.listen)
+    config = uvicorn.Config(
+        create_agent_app(driver, settings.name),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=3,
+    )
+    config.load()
+    config.ssl = server_tls  # uvicorn cannot express a pinned peer; give it the context whole
+    server = uvicorn.Server(config)
+    reporting = asyncio.create_task(reporter.run(), name="reporter")
+    try:
+        await server.serve()
+    finally:
+        reporting.cancel()
+        await asyncio.gather(reporting, return_exceptions=True)
+        await driver.close()

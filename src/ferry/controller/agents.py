@@ -1,0 +1,52 @@
+"""The controller's HTTPS client for agents: mutual TLS with the controller's certificate."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from ferry.protocol import GuestReport, GuestSpecIn
+
+
+class AgentUnavailable(Exception):
+    """The agent could not be reached or refused; the message says which and why."""
+
+
+class AgentClient:
+    def __init__(self, tls: ssl.SSLContext | None, timeout: float = 60.0) -> None:
+        self.tls = tls
+        self._http = httpx.AsyncClient(verify=tls or False, timeout=timeout) if tls else None
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self._http is None:
+            raise AgentUnavailable(
+                "the controller has no TLS credentials (tls_cert, tls_key, tls_ca) to reach agents"
+            )
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AgentUnavailable(f"agent at {url} unreachable: {exc}") from exc
+        if response.is_error:
+            try:
+                message = response.json().get("message") or response.text
+            except ValueError:
+                message = response.text
+            raise AgentUnavailable(f"agent refused ({response.status_code}): {message}")
+        return response
+
+    async def spawn(self, agent_url: str, spec: GuestSpecIn) -> GuestReport:
+        response = await self._call("POST", f"{agent_url}/v1/guests", json=spec.model_dump())
+        return GuestReport.model_validate(response.json())
+
+    async def destroy(self, agent_url: str, instance_id: str) -> None:
+        await self._call("DELETE", f"{agent_url}/v1/guests/{instance_id}")
+
+    async def guests(self, agent_url: str) -> list[GuestReport]:
+        response = await self._call("GET", f"{agent_url}/v1/guests")
+        return [GuestReport.model_validate(g) for g in response.json()]
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

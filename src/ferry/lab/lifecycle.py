@@ -1,0 +1,228 @@
+"""Bringing a lab up and down (see lab/cluster.py for the shape of a lab)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ferry.lab import net
+from ferry.lab.cluster import (
+    CONTROLLER_PORT,
+    FERRY,
+    HostRecord,
+    LabRecord,
+    agent_config,
+    instance_gateway,
+    issue_certificates,
+    plan_hosts,
+    start_detached,
+    stop_pid,
+)
+from ferry.lab.net_plan import INST_NETWORK, MGMT_ROOT_IP, LabNetPlan
+
+Say = Callable[[str], None]
+
+
+class LabError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    lab_dir: Path
+    hosts: int = 3
+    instances: int = 0
+    link_mbit: int | None = 1000
+    driver: str = "qemu"
+    prefix: str = "fry"
+
+
+class ControllerApi:
+    def __init__(self, record: LabRecord) -> None:
+        env = record.env()
+        self.http = httpx.AsyncClient(
+            base_url=record.controller_url,
+            timeout=30,
+            verify=ssl.create_default_context(cafile=env["FERRY_CA"]),
+        )
+        self.token_file = Path(env["FERRY_TOKEN_FILE"])
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        token = self.token_file.read_text().strip()
+        response = await self.http.request(
+            method, path, **kwargs, headers={"Authorization": f"Bearer {token}"}
+        )
+        if response.is_error:
+            raise LabError(f"{method} {path}: {response.status_code} {response.text}")
+        return response.json() if response.content else None
+
+    async def healthy(self) -> bool:
+        try:
+            return (await self.http.get("/v1/health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+async def wait_for(check: Callable[[], Any], what: str, seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.2)
+    raise LabError(f"timed out after {seconds:g}s waiting for {what}")
+
+
+async def up(opts: LabOptions, say: Say) -> LabRecord:
+    lab_dir = opts.lab_dir.resolve()
+    if LabRecord.load(lab_dir) is not None:
+        raise LabError(f"a lab is recorded in {lab_dir}; `ferry lab down` first")
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    plan, hosts = plan_hosts(opts.prefix, opts.hosts, opts.driver, opts.link_mbit)
+    controller_ip = str(MGMT_ROOT_IP) if plan else "127.0.0.1"
+    port = CONTROLLER_PORT if plan else _free_port()
+    record = LabRecord(
+        opts.prefix, opts.driver, str(lab_dir), f"https://{controller_ip}:{port}", hosts=hosts
+    )
+    record.save()
+    image = await _prepare_image(lab_dir, say) if plan else None
+    if plan is not None:
+        say(f"network: {opts.hosts} host namespaces, links shaped to {opts.link_mbit} Mbit/s")
+        await net.create_lab(plan)
+    say("pki: cluster CA, controller and host certificates")
+    await asyncio.to_thread(issue_certificates, lab_dir, controller_ip, hosts)
+    await _start_controller(record, lab_dir, controller_ip, port)
+    api = ControllerApi(record)
+    await wait_for(api.healthy, "the controller", 30)
+    say(f"controller: {record.controller_url} (pid {record.controller_pid})")
+    await _start_agents(record, api, plan, image)
+    await wait_for(lambda: _all_up(api, len(hosts)), f"{len(hosts)} hosts to register", 60)
+    say(f"agents: {', '.join(h.name for h in hosts)} registered")
+    await api.call("POST", "/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128})
+    await api.call(
+        "POST",
+        "/v1/networks",
+        json={"name": "lab", "cidr": str(INST_NETWORK), "gateway": instance_gateway()},
+    )
+    await create_instances(api, opts.instances, say)
+    return record
+
+
+async def create_instances(api: ControllerApi, count: int, say: Say) -> None:
+    for index in range(1, count + 1):
+        await api.call(
+            "POST", "/v1/instances", json={"name": f"vm{index}", "flavor": "tiny", "network": "lab"}
+        )
+
+    async def settled() -> bool:
+        states = [i["state"] for i in await api.call("GET", "/v1/instances")]
+        return all(s in ("running", "error") for s in states)
+
+    if count:
+        await wait_for(settled, f"{count} instances to boot", 60 + 30 * count)
+        for inst in await api.call("GET", "/v1/instances"):
+            ip = inst["ports"][0]["ip"] if inst["ports"] else "-"
+            say(
+                f"instance {inst['name']}: {inst['state']} on {inst['host']} at {ip}"
+                + (f" ({inst['error']})" if inst["error"] else "")
+            )
+
+
+async def _prepare_image(lab_dir: Path, say: Say) -> tuple[Path, Path]:
+    from ferry.lab.image import build_image  # noqa: PLC0415
+
+    image = await asyncio.to_thread(build_image, lab_dir / "image")
+    say(f"image: {image.kernel.name} + {image.initrd.name} ({image.kernel_version})")
+    return image.kernel, image.initrd
+
+
+async def _start_controller(record: LabRecord, lab_dir: Path, ip: str, port: int) -> None:
+    issued = lab_dir / "pki" / "issued" / "controller"
+    record.controller_pid = await start_detached(
+        [
+            FERRY,
+            "controller",
+            "serve",
+            "--state-dir",
+            str(lab_dir / "state"),
+            "--listen",
+            f"{ip}:{port}",
+            "--log-level",
+            "warning",
+        ],
+        lab_dir / "controller.log",
+        {
+            "FERRY_TLS_CERT": str(issued / "cert.pem"),
+            "FERRY_TLS_KEY": str(issued / "key.pem"),
+            "FERRY_TLS_CA": str(issued / "ca.pem"),
+            "FERRY_HEARTBEAT_INTERVAL": "2",
+            "FERRY_RECONCILE_INTERVAL": "0.5",
+        },
+    )
+    record.save()
+
+
+async def _start_agents(
+    record: LabRecord, api: ControllerApi, plan: LabNetPlan | None, image: tuple[Path, Path] | None
+) -> None:
+    lab_dir = Path(record.dir)
+    for host in record.hosts:
+        token = await api.call(
+            "POST", "/v1/tokens", json={"name": f"agent-{host.name}", "role": "agent"}
+        )
+        config = agent_config(lab_dir, host, record.controller_url, record.driver, image, "br-inst")
+        (config.parent / "agent.token").write_text(token["secret"])
+        argv = [FERRY, "agent", "serve", "--config", str(config), "--log-level", "warning"]
+        if host.namespace:
+            argv = ["ip", "netns", "exec", host.namespace, *argv]
+        host.pid = await start_detached(argv, config.parent / "agent.log")
+        record.save()
+
+
+async def _all_up(api: ControllerApi, count: int) -> bool:
+    hosts = await api.call("GET", "/v1/hosts", params={"liveness": "up"})
+    return len(hosts) >= count
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def down(lab_dir: Path, prefix: str, say: Say) -> None:
+    """Stop what the record names, then remove everything named after the prefix."""
+    record = await asyncio.to_thread(LabRecord.load, lab_dir)
+    if record is not None:
+        prefix = record.prefix
+        for host in record.hosts:
+            await stop_pid(host.pid)
+        await stop_pid(record.controller_pid)
+        say("stopped the controller and the agents")
+    if record is None or record.driver != "fake":
+        # A real lab (or one whose record is lost): remove everything named after its prefix.
+        report = await net.teardown(prefix)
+        say(
+            f"removed namespaces {report.namespaces or '-'}, links {report.links or '-'}; "
+            f"killed {len(report.killed)} process(es) left in them"
+        )
+    if record is not None:
+        for leftover in ("lab.json", "state", "hosts"):
+            path = Path(record.dir) / leftover
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+__all__ = ["HostRecord", "LabError", "LabOptions", "create_instances", "down", "up"]

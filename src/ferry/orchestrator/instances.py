@@ -1,0 +1,121 @@
+"""Drives instances towards their desired state on their hosts: building ones are started,
+deleting ones are destroyed. Agent calls happen outside any transaction; each outcome is then
+recorded in its own."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ferry.controller.agents import AgentClient, AgentUnavailable
+from ferry.db.models import Host, Instance, Port
+from ferry.domain.instance import InstanceState
+from ferry.protocol import GuestSpecIn, PortIn
+from ferry.services.catalog import get_network
+from ferry.services.instances import InstanceService
+from ferry.services.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class InstanceReconciler:
+    def __init__(self, store: Store, instances: InstanceService, agents: AgentClient) -> None:
+        self.store = store
+        self.instances = instances
+        self.agents = agents
+
+    async def step(self) -> None:
+        async with self.store.reading() as session:
+            rows = (
+                await session.execute(
+                    select(Instance, Host)
+                    .join(Host, Instance.host_id == Host.id)
+                    .where(
+                        Instance.state.in_(
+                            [InstanceState.BUILDING.value, InstanceState.DELETING.value]
+                        )
+                    )
+                )
+            ).all()
+            work = [(i, h, await self._spec(session, i)) for i, h in rows]
+        for instance, host, spec in work:
+            if instance.state == InstanceState.BUILDING:
+                await self._start(instance, host, spec)
+            else:
+                await self._destroy(instance, host)
+        await self._forget_unplaced()
+
+    async def _spec(self, session: AsyncSession, instance: Instance) -> GuestSpecIn:
+        ports = (await session.scalars(select(Port).where(Port.instance_id == instance.id))).all()
+        port_specs = []
+        for port in ports:
+            network = await get_network(session, port.network)
+            prefix = network.cidr.split("/")[1]
+            port_specs.append(
+                PortIn(
+                    network=port.network,
+                    mac=port.mac,
+                    ip=f"{port.ip}/{prefix}",
+                    gateway=network.gateway,
+                )
+            )
+        return GuestSpecIn(
+            id=instance.id,
+            name=instance.name,
+            vcpus=instance.vcpus,
+            ram_mb=instance.ram_mb,
+            ports=port_specs,
+            dirty_rate_mbps=instance.dirty_rate_mbps,
+        )
+
+    async def _start(self, instance: Instance, host: Host, spec: GuestSpecIn) -> None:
+        if not host.agent_url:
+            return  # a host without an agent API (simulated): nothing can start it
+        try:
+            guest = await self.agents.spawn(host.agent_url, spec)
+        except AgentUnavailable as exc:
+            async with self.store.write() as session:
+                current = await session.get(Instance, instance.id)
+                if current is not None and current.state == InstanceState.BUILDING:
+                    self.instances.mark_error(session, current, host.name, str(exc))
+            return
+        async with self.store.write() as session:
+            current = await session.get(Instance, instance.id)
+            if current is not None and current.state == InstanceState.BUILDING:
+                self.instances.mark_running(
+                    session,
+                    current,
+                    host.name,
+                    f"QEMU pid {guest.pid}" if guest.pid else guest.power,
+                )
+
+    async def _destroy(self, instance: Instance, host: Host) -> None:
+        if host.agent_url:
+            try:
+                await self.agents.destroy(host.agent_url, instance.id)
+            except AgentUnavailable as exc:
+                log.warning("cannot delete %s on %s yet: %s", instance.name, host.name, exc)
+                return
+        async with self.store.write() as session:
+            current = await session.get(Instance, instance.id)
+            if current is not None and current.state == InstanceState.DELETING:
+                await self.instances.forget(session, current, host.name)
+
+    async def _forget_unplaced(self) -> None:
+        async with self.store.reading() as session:
+            orphans = (
+                await session.scalars(
+                    select(Instance.id).where(
+                        Instance.state == InstanceState.DELETING.value, Instance.host_id.is_(None)
+                    )
+                )
+            ).all()
+        if not orphans:
+            return
+        async with self.store.write() as session:
+            for instance_id in orphans:
+                current = await session.get(Instance, instance_id)
+                if current is not None and current.state == InstanceState.DELETING:
+                    await self.instances.forget(session, current, None)

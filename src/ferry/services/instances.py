@@ -1,0 +1,227 @@
+"""Instances: create (placed by the scheduler, resources claimed in the same transaction), delete,
+list, and the agents' reports of what really runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ferry.db.models import Allocation, Host, Instance, Port
+from ferry.domain.errors import Conflict, InvalidInput, NotFound
+from ferry.domain.events import EventKind
+from ferry.domain.instance import INSTANCE, InstanceAction, InstanceState
+from ferry.protocol import GuestReport
+from ferry.scheduler.basic import NoValidHost, Request, Resources
+from ferry.scheduler.basic import select as pick
+from ferry.services import placement
+from ferry.services.catalog import _name, get_flavor, get_network
+from ferry.services.hosts import LivenessPolicy, get_host
+from ferry.services.store import Store, record
+
+
+@dataclass(frozen=True)
+class InstanceRequest:
+    name: str
+    flavor: str
+    network: str
+    host: str | None = None
+    dirty_rate_mbps: int = 0
+
+
+async def get_instance(session: AsyncSession, name_or_id: str) -> Instance:
+    instance = await session.scalar(
+        select(Instance).where(
+            (Instance.name == name_or_id) | (Instance.id == name_or_id),
+            Instance.state != InstanceState.DELETED.value,
+        )
+    )
+    if instance is None:
+        raise NotFound(f"no instance named {name_or_id!r}")
+    return instance
+
+
+def _transition(instance: Instance, action: InstanceAction) -> None:
+    state = INSTANCE.apply(InstanceState(instance.state), action, name=instance.name)
+    instance.state = state.value
+
+
+class InstanceService:
+    def __init__(self, store: Store, policy: LivenessPolicy) -> None:
+        self.store = store
+        self.policy = policy
+
+    async def create(self, req: InstanceRequest, actor: str) -> Instance:
+        _name("instance", req.name)
+        async with self.store.write() as session:
+            if await session.scalar(
+                select(Instance.id).where(
+                    Instance.name == req.name, Instance.state != InstanceState.DELETED.value
+                )
+            ):
+                raise Conflict(f"an instance named {req.name!r} exists already")
+            flavor = await get_flavor(session, req.flavor)
+            network = await get_network(session, req.network)
+            need = Resources(flavor.vcpus, flavor.ram_mb, flavor.disk_gb)
+            host = await self._place(session, Request(need, frozenset({network.name})), req.host)
+            instance = Instance(
+                name=req.name,
+                vcpus=flavor.vcpus,
+                ram_mb=flavor.ram_mb,
+                disk_gb=flavor.disk_gb,
+                flavor=flavor.name,
+                image="ferry-guest",
+                host_id=host.id,
+                created_by=actor,
+                dirty_rate_mbps=req.dirty_rate_mbps,
+            )
+            session.add(instance)
+            await session.flush()
+            prefix = network.cidr.split("/")[1]
+            ip = await placement.free_ip(session, network)
+            session.add(
+                Port(
+                    instance_id=instance.id,
+                    network=network.name,
+                    mac=await placement.free_mac(session),
+                    ip=ip,
+                )
+            )
+            session.add(
+                Allocation(
+                    instance_id=instance.id,
+                    host_id=host.id,
+                    vcpus=need.vcpus,
+                    ram_mb=need.ram_mb,
+                    disk_gb=need.disk_gb,
+                )
+            )
+            record(
+                session,
+                EventKind.INSTANCE_CREATED,
+                actor,
+                f"instance {req.name} placed on {host.name} with {ip}/{prefix}",
+                host=host.name,
+                instance_id=instance.id,
+                data={"flavor": flavor.name, "network": network.name, "ip": ip},
+            )
+        return await self.get(instance.id)
+
+    async def _place(self, session: AsyncSession, request: Request, wanted: str | None) -> Host:
+        hosts = await placement.candidates(session, self.policy)
+        if wanted is not None:
+            await get_host(session, wanted)
+            hosts = [h for h in hosts if h.name == wanted]
+        try:
+            chosen = pick(hosts, request)
+        except NoValidHost as exc:
+            target = f"host {wanted}" if wanted else "any host"
+            raise Conflict(f"cannot place the instance on {target}: {exc}") from exc
+        return await get_host(session, chosen.name)
+
+    async def delete(self, name: str, actor: str) -> Instance:
+        async with self.store.write() as session:
+            instance = await get_instance(session, name)
+            _transition(instance, InstanceAction.DELETE)
+            host = await session.get(Host, instance.host_id) if instance.host_id else None
+            record(
+                session,
+                EventKind.INSTANCE_DELETING,
+                actor,
+                f"instance {instance.name} is being deleted",
+                host=host.name if host else None,
+                instance_id=instance.id,
+            )
+        return instance
+
+    async def all(self, host: str | None = None) -> list[tuple[Instance, str | None]]:
+        query = (
+            select(Instance, Host.name)
+            .outerjoin(Host, Instance.host_id == Host.id)
+            .where(Instance.state != InstanceState.DELETED.value)
+            .order_by(Instance.name)
+        )
+        if host is not None:
+            query = query.where(Host.name == host)
+        async with self.store.reading() as session:
+            return [(i, h) for i, h in (await session.execute(query)).all()]
+
+    async def get(self, name: str) -> Instance:
+        async with self.store.reading() as session:
+            return await get_instance(session, name)
+
+    async def host_name(self, instance: Instance) -> str | None:
+        async with self.store.reading() as session:
+            host = await session.get(Host, instance.host_id) if instance.host_id else None
+            return host.name if host else None
+
+    async def apply_report(self, host_name: str, guests: list[GuestReport]) -> None:
+        """What the agent says runs on its host settles building instances and notices crashes."""
+        by_id = {g.id: g for g in guests}
+        async with self.store.write() as session:
+            host = await get_host(session, host_name)
+            rows = await session.scalars(
+                select(Instance).where(
+                    Instance.host_id == host.id,
+                    Instance.state.in_([InstanceState.BUILDING.value, InstanceState.RUNNING.value]),
+                )
+            )
+            for instance in rows.all():
+                guest = by_id.get(instance.id)
+                if instance.state == InstanceState.BUILDING and guest and guest.power == "running":
+                    self.mark_running(session, instance, host.name, "reported by the agent")
+                elif instance.state == InstanceState.RUNNING and (
+                    guest is None or guest.power in ("stopped", "crashed")
+                ):
+                    why = guest.detail if guest else "the host does not run it"
+                    self.mark_error(session, instance, host.name, why)
+
+    @staticmethod
+    def mark_running(session: AsyncSession, instance: Instance, host: str, how: str) -> None:
+        _transition(instance, InstanceAction.BOOTED)
+        instance.error = None
+        record(
+            session,
+            EventKind.INSTANCE_RUNNING,
+            "system",
+            f"instance {instance.name} runs on {host} ({how})",
+            host=host,
+            instance_id=instance.id,
+        )
+
+    @staticmethod
+    def mark_error(session: AsyncSession, instance: Instance, host: str, why: str) -> None:
+        _transition(instance, InstanceAction.FAIL)
+        instance.error = why
+        record(
+            session,
+            EventKind.INSTANCE_ERROR,
+            "system",
+            f"instance {instance.name} failed on {host}: {why}",
+            host=host,
+            instance_id=instance.id,
+            data={"error": why},
+        )
+
+    @staticmethod
+    async def forget(session: AsyncSession, instance: Instance, host: str | None) -> None:
+        """The instance is gone from its host: release its claim and addresses."""
+        _transition(instance, InstanceAction.DELETED)
+        instance.host_id = None
+        await session.execute(delete(Allocation).where(Allocation.instance_id == instance.id))
+        await session.execute(delete(Port).where(Port.instance_id == instance.id))
+        record(
+            session,
+            EventKind.INSTANCE_DELETED,
+            "system",
+            f"instance {instance.name} deleted",
+            host=host,
+            instance_id=instance.id,
+        )
+
+
+def validate_dirty_rate(rate: int) -> int:
+    if not 0 <= rate <= 10_000:
+        raise InvalidInput("dirty rate must be 0-10000 MiB/s")
+    return rate

@@ -1,0 +1,166 @@
+"""`ferry lab` with real QEMU guests in network namespaces: boot, reach, restart, delete, down.
+
+Needs root and qemu-system-x86_64 (CI installs both). One lab is shared by the module's tests,
+in order; teardown runs `ferry lab down` even when a test fails and checks nothing is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.live import FERRY
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, taps)"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU installed"),
+]
+PREFIX = "flt"  # not the default 'fry', so a developer's own lab is never touched
+
+
+def ferry(*args: str, lab: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.update(_lab_env(lab))
+    return subprocess.run(
+        [FERRY, *args], env=env, capture_output=True, text=True, timeout=600, check=check
+    )
+
+
+def _lab_env(lab: Path) -> dict[str, str]:
+    record = lab / "lab.json"
+    if not record.exists():
+        return {}
+    out = subprocess.run(
+        [FERRY, "lab", "env", "--dir", str(lab)], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+def instances(lab: Path) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(
+        ferry("instance", "list", "-f", "json", lab=lab).stdout
+    )
+    return result
+
+
+def ping(ip: str, count: int = 3) -> bool:
+    return (
+        subprocess.run(
+            ["ping", "-c", str(count), "-W", "2", "-i", "0.3", ip], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+
+
+def answers(ip: str, within: float = 60.0) -> bool:
+    """The guest answers ping within `within` seconds (it boots after QEMU starts)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if ping(ip, count=1):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def qemu_pids(lab: Path) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", f"qemu-system.*{lab}"], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{PREFIX}-")]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    lab_dir = tmp_path_factory.mktemp("lab")
+    try:
+        up = ferry(
+            "lab",
+            "up",
+            "--hosts",
+            "2",
+            "--instances",
+            "2",
+            "--link-mbit",
+            "1000",
+            "--prefix",
+            PREFIX,
+            "--dir",
+            str(lab_dir),
+            lab=lab_dir,
+            check=False,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield lab_dir
+    finally:
+        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", PREFIX, lab=lab_dir, check=False)
+    assert namespaces() == []
+    assert qemu_pids(lab_dir) == []
+
+
+def test_instances_boot_on_both_hosts_and_answer_ping(lab: Path) -> None:
+    listed = instances(lab)
+    assert [i["state"] for i in listed] == ["running", "running"], listed
+    assert {i["host"] for i in listed} == {"host1", "host2"}  # spread, one each
+    for inst in listed:
+        assert answers(inst["ports"][0]["ip"]), f"{inst['name']} does not answer ping"
+    assert len(qemu_pids(lab)) == 2
+
+
+def test_agent_restart_keeps_instances_running(lab: Path) -> None:
+    record = json.loads((lab / "lab.json").read_text())
+    host1 = next(h for h in record["hosts"] if h["name"] == "host1")
+    before = qemu_pids(lab)
+    os.kill(host1["pid"], signal.SIGKILL)
+    restarted = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            host1["namespace"],
+            FERRY,
+            "agent",
+            "serve",
+            "--config",
+            str(lab / "hosts" / "host1" / "agent.toml"),
+            "--log-level",
+            "warning",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    host1["pid"] = restarted.pid
+    (lab / "lab.json").write_text(json.dumps(record))
+    time.sleep(6)  # a few heartbeats of the new agent
+    assert sorted(qemu_pids(lab)) == sorted(before)
+    assert [i["state"] for i in instances(lab)] == ["running", "running"]
+    vm = next(i for i in instances(lab) if i["host"] == "host1")
+    assert ping(vm["ports"][0]["ip"])
+
+
+def test_delete_removes_process_and_tap(lab: Path) -> None:
+    vm = next(i for i in instances(lab) if i["host"] == "host2")
+    ferry("instance", "delete", vm["name"], "--wait", lab=lab)
+    assert [i["name"] for i in instances(lab)] == [i for i in ("vm1", "vm2") if i != vm["name"]]
+    assert len(qemu_pids(lab)) == 1
+    taps = subprocess.run(
+        ["ip", "netns", "exec", f"{PREFIX}-h2", "ip", "-o", "link", "show", "type", "tun"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert taps.strip() == "", taps
+    assert not ping(vm["ports"][0]["ip"], count=1)
