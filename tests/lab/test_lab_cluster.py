@@ -9,12 +9,14 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.cli.live import FERRY
@@ -164,3 +166,26 @@ def test_delete_removes_process_and_tap(lab: Path) -> None:
     ).stdout
     assert taps.strip() == "", taps
     assert not ping(vm["ports"][0]["ip"], count=1)
+
+
+def test_agent_in_namespace_admits_only_the_controller(lab: Path) -> None:
+    host = json.loads(ferry("host", "show", "host1", "-f", "json", lab=lab).stdout)
+    url = f"{host['agent_url']}/v1/facts"
+    pki = lab / "pki"
+    anonymous = ssl.create_default_context(cafile=str(pki / "ca-cert.pem"))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url, verify=anonymous, timeout=10)
+    other_host = ssl.create_default_context(cafile=str(pki / "ca-cert.pem"))
+    issued = pki / "issued" / "host2"
+    other_host.load_cert_chain(str(issued / "cert.pem"), str(issued / "key.pem"))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url, verify=other_host, timeout=10)
+    controller = ssl.create_default_context(cafile=str(pki / "ca-cert.pem"))
+    issued = pki / "issued" / "controller"
+    controller.load_cert_chain(str(issued / "cert.pem"), str(issued / "key.pem"))
+    facts = httpx.get(url, verify=controller, timeout=10).json()
+    assert (facts["host"], facts["driver"], facts["machine_type"]) == (
+        "host1",
+        "qemu",
+        "pc-q35-7.2",
+    )

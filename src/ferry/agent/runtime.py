@@ -40,6 +40,11 @@ def make_driver(settings: AgentSettings) -> Driver:
     return QemuDriver(QemuConfig(settings.run_dir, q.kernel, q.initrd, q.bridge, q.binary))
 
 
+async def serve_all(all_settings: list[AgentSettings]) -> None:
+    """Run one agent per settings in this process (simulated hosts at scale share one)."""
+    await asyncio.gather(*(serve(settings) for settings in all_settings))
+
+
 async def serve(settings: AgentSettings) -> None:
     driver = make_driver(settings)
     tls = settings.tls

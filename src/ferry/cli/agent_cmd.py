@@ -58,7 +58,14 @@ async def _until_signal(fleet: SimulatedFleet) -> None:
 
 @app.command("serve")
 def serve(
-    config: Annotated[Path, typer.Option("--config", help="the agent's TOML settings")],
+    config: Annotated[
+        list[Path],
+        typer.Option(
+            "--config",
+            help="an agent's TOML settings; repeat to run several hosts "
+            "(simulated ones) in this one process",
+        ),
+    ],
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run this host's agent: HTTPS API for the controller (mutual TLS), registration and
@@ -66,14 +73,16 @@ def serve(
     import logging  # noqa: PLC0415
 
     from ferry.agent.config import AgentConfigError, load_agent_settings  # noqa: PLC0415
-    from ferry.agent.runtime import serve as run_agent  # noqa: PLC0415
+    from ferry.agent.runtime import serve_all  # noqa: PLC0415
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        settings = load_agent_settings(config)
+        settings = [load_agent_settings(path) for path in config]
     except AgentConfigError as exc:
         raise CliError(str(exc)) from exc
+    if len(settings) > 1 and any(s.driver != "fake" for s in settings):
+        raise CliError("only simulated (fake) hosts can share one agent process")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_agent(settings))
+        asyncio.run(serve_all(settings))

@@ -170,5 +170,22 @@ async def stop_pid(pid: int | None, grace: float = 10.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def lab_processes(lab_dir: Path) -> list[int]:
+    """PIDs of ferry processes whose command line names this lab's directory: what a lab
+    started, found even when its record is lost (a crash during `up`)."""
+    marker = str(lab_dir.absolute()).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"ferry" in cmdline and marker + b"/" in cmdline and b"qemu-system" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 def instance_gateway() -> str:
     return str(INST_ROOT_IP)

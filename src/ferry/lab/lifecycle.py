@@ -22,6 +22,7 @@ from ferry.lab.cluster import (
     agent_config,
     instance_gateway,
     issue_certificates,
+    lab_processes,
     plan_hosts,
     start_detached,
     stop_pid,
@@ -170,21 +171,36 @@ async def _start_controller(record: LabRecord, lab_dir: Path, ip: str, port: int
     record.save()
 
 
+FAKE_HOSTS_PER_PROCESS = 50
+
+
 async def _start_agents(
     record: LabRecord, api: ControllerApi, plan: LabNetPlan | None, image: tuple[Path, Path] | None
 ) -> None:
+    """One agent process per real host (inside its namespace); simulated hosts share processes,
+    FAKE_HOSTS_PER_PROCESS each, so a 500-host lab costs ten processes, not five hundred."""
     lab_dir = Path(record.dir)
+    configs: list[tuple[HostRecord, Path]] = []
     for host in record.hosts:
         token = await api.call(
             "POST", "/v1/tokens", json={"name": f"agent-{host.name}", "role": "agent"}
         )
         config = agent_config(lab_dir, host, record.controller_url, record.driver, image, "br-inst")
         (config.parent / "agent.token").write_text(token["secret"])
-        argv = [FERRY, "agent", "serve", "--config", str(config), "--log-level", "warning"]
-        if host.namespace:
-            argv = ["ip", "netns", "exec", host.namespace, *argv]
-        host.pid = await start_detached(argv, config.parent / "agent.log")
-        record.save()
+        configs.append((host, config))
+    per_process = 1 if plan is not None else FAKE_HOSTS_PER_PROCESS
+    for start in range(0, len(configs), per_process):
+        batch = configs[start : start + per_process]
+        argv = [FERRY, "agent", "serve", "--log-level", "warning"]
+        for _host, config in batch:
+            argv += ["--config", str(config)]
+        first = batch[0][0]
+        if first.namespace:
+            argv = ["ip", "netns", "exec", first.namespace, *argv]
+        pid = await start_detached(argv, batch[0][1].parent / "agent.log")
+        for host, _config in batch:
+            host.pid = pid
+    record.save()
 
 
 async def _all_up(api: ControllerApi, count: int) -> bool:
@@ -203,12 +219,13 @@ def _free_port() -> int:
 async def down(lab_dir: Path, prefix: str, say: Say) -> None:
     """Stop what the record names, then remove everything named after the prefix."""
     record = await asyncio.to_thread(LabRecord.load, lab_dir)
+    pids = set(await asyncio.to_thread(lab_processes, lab_dir))
     if record is not None:
         prefix = record.prefix
-        for host in record.hosts:
-            await stop_pid(host.pid)
-        await stop_pid(record.controller_pid)
-        say("stopped the controller and the agents")
+        pids |= {h.pid for h in record.hosts if h.pid} | {record.controller_pid or 0}
+    for pid in sorted(pids - {0}):
+        await stop_pid(pid)
+    say(f"stopped {len(pids - {0})} lab process(es)")
     if record is None or record.driver != "fake":
         # A real lab (or one whose record is lost): remove everything named after its prefix.
         report = await net.teardown(prefix)
