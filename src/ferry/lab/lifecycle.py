@@ -229,8 +229,7 @@ async def down(lab_dir: Path, prefix: str, say: Say) -> None:
     if record is not None:
         prefix = record.prefix
         pids |= {h.pid for h in record.hosts if h.pid} | {record.controller_pid or 0}
-    for pid in sorted(pids - {0}):
-        await stop_pid(pid)
+    await asyncio.gather(*(stop_pid(pid) for pid in sorted(pids - {0})))
     say(f"stopped {len(pids - {0})} lab process(es)")
     if record is None or record.driver != "fake":
         # A real lab (or one whose record is lost): remove everything named after its prefix.
