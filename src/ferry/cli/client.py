@@ -7,7 +7,7 @@ import os
 import ssl
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,25 @@ def _error_message(response: httpx.Response) -> str:
     except (json.JSONDecodeError, AttributeError):
         message = response.text.strip() or response.reason_phrase
     return f"{message} (HTTP {response.status_code})"
+
+
+def poll(
+    fetch: Callable[[], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float,
+    waiting_for: str,
+    every: float = 0.5,
+) -> dict[str, Any]:
+    """Fetch until `done` says so; CliError naming `waiting_for` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = fetch()
+        if done(current):
+            return current
+        if time.monotonic() > deadline:
+            raise CliError(f"still waiting for {waiting_for} after {timeout:g}s")
+        time.sleep(every)
 
 
 @dataclass(frozen=True)

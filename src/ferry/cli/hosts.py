@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from ferry.cli.client import CliError
+from ferry.cli.client import CliError, poll
 from ferry.cli.context import api
 from ferry.cli.output import Format, FormatOpt, console, emit_json, fields, styled, table, when
 
@@ -162,15 +161,13 @@ def _show_preview(preview: dict[str, Any]) -> None:
 
 
 def _wait(ctx: typer.Context, name: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
     with console.status(f"draining {name} ..."):
-        while True:
-            status = api(ctx).get(_path(name, "maintenance"))
-            if status["maintenance"]["state"] != "draining":
-                return dict(status)
-            if time.monotonic() > deadline:
-                raise CliError(f"host {name} still draining after {timeout:g}s")
-            time.sleep(0.5)
+        return poll(
+            lambda: dict(api(ctx).get(_path(name, "maintenance"))),
+            lambda status: status["maintenance"]["state"] != "draining",
+            timeout=timeout,
+            waiting_for=f"the drain of {name}",
+        )
 
 
 @maintenance.command("enter")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
 
-from ferry.cli.client import CliError
+from ferry.cli.client import CliError, poll
 from ferry.cli.context import api
 from ferry.cli.output import Format, FormatOpt, console, emit_json, fields, styled, table, when
 
@@ -116,20 +115,21 @@ COLUMNS = [
 
 
 def _wait_for(ctx: typer.Context, name: str, done: set[str], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    def fetch() -> dict[str, Any]:
+        try:
+            return dict(api(ctx).get(f"/v1/instances/{quote(name, safe='')}"))
+        except CliError as exc:
+            if "deleted" in done and "HTTP 404" in str(exc):
+                return {"name": name, "state": "deleted"}
+            raise
+
     with console.status(f"waiting for {name} ..."):
-        while True:
-            try:
-                current: dict[str, Any] = api(ctx).get(f"/v1/instances/{quote(name, safe='')}")
-            except CliError as exc:
-                if "deleted" in done and "HTTP 404" in str(exc):
-                    return {"name": name, "state": "deleted"}
-                raise
-            if current["state"] in done:
-                return current
-            if time.monotonic() > deadline:
-                raise CliError(f"instance {name} is still {current['state']} after {timeout:g}s")
-            time.sleep(0.5)
+        return poll(
+            fetch,
+            lambda current: current["state"] in done,
+            timeout=timeout,
+            waiting_for=f"{name} to be {' or '.join(sorted(done))}",
+        )
 
 
 @instances.command("create")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette.sse import EventSourceResponse
 
 from ferry.api import schemas
@@ -19,15 +20,17 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
 Kinds = Annotated[list[str] | None, Query(description="kind or kind prefix, e.g. host.maintenance")]
 
 
-def _filter(
-    kind: list[str] | None,
-    host: str | None,
-    actor: str | None,
-    drain: str | None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+def _subject(
+    kind: Kinds = None,
+    host: str | None = None,
+    actor: str | None = None,
+    drain: str | None = None,
 ) -> EventFilter:
-    return EventFilter(tuple(kind or ()), host, actor, drain, _utc(since), _utc(until))
+    """The filters both the page and the stream take: what the events are about."""
+    return EventFilter(tuple(kind or ()), host, actor, drain)
+
+
+Subject = Annotated[EventFilter, Depends(_subject)]
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -41,10 +44,7 @@ def _utc(moment: datetime | None) -> datetime | None:
 async def list_events(
     ctl: Ctl,
     _who: Reader,
-    kind: Kinds = None,
-    host: str | None = None,
-    actor: str | None = None,
-    drain: str | None = None,
+    subject: Subject,
     since: datetime | None = None,
     until: datetime | None = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_EVENT_ID)] = None,
@@ -53,7 +53,7 @@ async def list_events(
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> schemas.EventPage:
     items = await ctl.events.page(
-        _filter(kind, host, actor, drain, since, until),
+        replace(subject, since=_utc(since), until=_utc(until)),
         before=before,
         after=after,
         limit=limit,
@@ -73,10 +73,7 @@ async def list_events(
 async def stream_events(
     ctl: Ctl,
     _who: Reader,
-    kind: Kinds = None,
-    host: str | None = None,
-    actor: str | None = None,
-    drain: str | None = None,
+    subject: Subject,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="replay events after this id")
     ] = None,
@@ -85,7 +82,7 @@ async def stream_events(
     start = last_event_id if last_event_id is not None else after
     if start is None:
         start = await ctl.events.last_id()
-    flt = _filter(kind, host, actor, drain)
+    flt = subject
 
     async def messages() -> AsyncIterator[dict[str, Any]]:
         async for event in ctl.events.tail(flt, start):
