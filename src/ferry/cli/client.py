@@ -127,7 +127,7 @@ class Api:
             raise CliError(f"cannot reach the controller at {self.config.url}: {exc}") from exc
         if response.is_error:
             raise CliError(_error_message(response))
-        return response.json()
+        return response.json() if response.content else None
 
     def get(self, path: str, **params: Any) -> Any:
         clean = {key: value for key, value in params.items() if value not in (None, [], ())}

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ferry.db.types import UTCDateTime, utcnow
@@ -94,11 +94,24 @@ class Network(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+_LIVE = text("state != 'deleted'")
+
+
 class Instance(Base):
     __tablename__ = "instances"
+    # A name is taken while its instance lives; deleted rows stay for the audit trail.
+    __table_args__ = (
+        Index(
+            "uq_instances_live_name",
+            "name",
+            unique=True,
+            sqlite_where=_LIVE,
+            postgresql_where=_LIVE,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(63))
     vcpus: Mapped[int]
     ram_mb: Mapped[int]
     disk_gb: Mapped[int]

@@ -20,6 +20,7 @@ from ferry.agent.drivers.base import (
     GuestSpec,
     GuestStatus,
     HostFacts,
+    PortSpec,
 )
 
 
@@ -36,8 +37,11 @@ class FakeDriver(Driver):
         self._specs: dict[str, GuestSpec] = {}
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
+                spec = raw.pop("spec")
                 status = GuestStatus(**{**raw, "power": GuestPower(raw["power"])})
                 self._guests[status.id] = status
+                ports = tuple(PortSpec(**port) for port in spec.pop("ports"))
+                self._specs[status.id] = GuestSpec(**spec, ports=ports)
 
     async def facts(self) -> HostFacts:
         return self._facts
@@ -75,4 +79,7 @@ class FakeDriver(Driver):
 
     def _save(self) -> None:
         if self._state_file is not None:
-            self._state_file.write_text(json.dumps([asdict(g) for g in self._guests.values()]))
+            saved = [
+                {**asdict(g), "spec": asdict(self._specs[g.id])} for g in self._guests.values()
+            ]
+            self._state_file.write_text(json.dumps(saved))
