@@ -36,6 +36,9 @@ class ControllerSettings(BaseSettings):
     heartbeat_misses: int = Field(default=3, ge=1, description="missed heartbeats until 'down'")
     reconcile_interval: float = Field(default=1.0, gt=0, description="seconds between reconciles")
     log_level: str = Field(default="info")
+    migration_policy: dict[str, Any] = Field(
+        default_factory=dict, description="convergence policy defaults (see domain/convergence)"
+    )
     tls_cert: Path | None = Field(default=None, description="controller certificate (HTTPS, mTLS)")
     tls_key: Path | None = Field(default=None)
     tls_ca: Path | None = Field(default=None, description="cluster CA: verifies agents")

@@ -121,3 +121,55 @@ class RegistrationAccepted(BaseModel):
 class HeartbeatAccepted(BaseModel):
     host: str
     heartbeat_interval: float
+
+
+class MigrationParamsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_bandwidth_bytes: int = Field(ge=1024 * 1024, le=100 * 2**30)
+    downtime_limit_ms: int = Field(default=300, ge=1, le=60_000)
+    auto_converge: bool = True
+    postcopy: bool = False
+
+
+class IncomingIn(BaseModel):
+    """Destination: prepare to receive `spec` on `port`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: GuestSpecIn
+    port: int = Field(ge=1024, le=65535)
+    params: MigrationParamsIn
+
+
+class MigrateIn(BaseModel):
+    """Source: send the guest to the destination's channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(max_length=64)
+    port: int = Field(ge=1024, le=65535)
+    tls_hostname: str = Field(max_length=253)
+    params: MigrationParamsIn
+
+
+class TuneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    downtime_limit_ms: int | None = Field(default=None, ge=1, le=60_000)
+    max_bandwidth_bytes: int | None = Field(default=None, ge=1024 * 1024)
+    start_postcopy: bool = False
+
+
+class MigrationProgressOut(BaseModel):
+    status: str
+    total_bytes: int = 0
+    transferred_bytes: int = 0
+    remaining_bytes: int = 0
+    dirty_rate_bytes: int = 0
+    passes: int = 0
+    throughput_mbps: float = 0.0
+    expected_downtime_ms: int = 0
+    downtime_ms: int | None = None
+    total_time_ms: int | None = None
+    error: str | None = None

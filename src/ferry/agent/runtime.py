@@ -33,11 +33,21 @@ def make_driver(settings: AgentSettings) -> Driver:
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         return FakeDriver(facts, settings.run_dir / "fake-guests.json")
     from ferry.agent.drivers.qemu import QemuDriver  # noqa: PLC0415 - needs pyroute2 and QMP
-    from ferry.agent.drivers.qemu_argv import QemuConfig  # noqa: PLC0415
+    from ferry.agent.drivers.qemu_argv import QemuConfig, TlsFiles  # noqa: PLC0415
 
     assert settings.qemu is not None
-    q = settings.qemu
-    return QemuDriver(QemuConfig(settings.run_dir, q.kernel, q.initrd, q.bridge, q.binary))
+    q, tls = settings.qemu, settings.tls
+    return QemuDriver(
+        QemuConfig(
+            settings.run_dir,
+            q.kernel,
+            q.initrd,
+            q.bridge,
+            q.binary,
+            tls=TlsFiles(tls.ca, tls.cert, tls.key),
+            migration_listen=settings.migration_address,
+        )
+    )
 
 
 async def serve_all(all_settings: list[AgentSettings]) -> None:

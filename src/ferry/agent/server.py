@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ferry import __version__
-from ferry.agent.drivers.base import Driver, DriverError, GuestSpec, GuestStatus, PortSpec
-from ferry.protocol import GuestReport, GuestSpecIn
+from ferry.agent.drivers.base import (
+    Driver,
+    DriverError,
+    GuestSpec,
+    GuestStatus,
+    MigrationChannel,
+    MigrationParams,
+    PortSpec,
+)
+from ferry.protocol import (
+    GuestReport,
+    GuestSpecIn,
+    IncomingIn,
+    MigrateIn,
+    MigrationParamsIn,
+    MigrationProgressOut,
+    TuneIn,
+)
 
 
 def report(status: GuestStatus) -> GuestReport:
@@ -26,6 +42,12 @@ def report(status: GuestStatus) -> GuestReport:
 def to_spec(body: GuestSpecIn) -> GuestSpec:
     ports = tuple(PortSpec(p.network, p.mac, p.ip, p.gateway) for p in body.ports)
     return GuestSpec(body.id, body.name, body.vcpus, body.ram_mb, ports, body.dirty_rate_mbps)
+
+
+def _params(body: MigrationParamsIn) -> MigrationParams:
+    return MigrationParams(
+        body.max_bandwidth_bytes, body.downtime_limit_ms, body.auto_converge, body.postcopy
+    )
 
 
 def create_agent_app(driver: Driver, host: str) -> FastAPI:
@@ -46,6 +68,48 @@ def create_agent_app(driver: Driver, host: str) -> FastAPI:
     @app.post("/v1/guests", response_model=GuestReport, status_code=201)
     async def spawn(body: GuestSpecIn) -> GuestReport:
         return report(await driver.spawn(to_spec(body)))
+
+    @app.post("/v1/guests/{instance_id}/incoming", response_model=GuestReport, status_code=201)
+    async def incoming(instance_id: str, body: IncomingIn) -> GuestReport:
+        spec = to_spec(body.spec)
+        if spec.id != instance_id:
+            raise DriverError(f"spec id {spec.id} does not match {instance_id}")
+        return report(await driver.prepare_incoming(spec, body.port, _params(body.params)))
+
+    @app.post("/v1/guests/{instance_id}/migrate", status_code=202)
+    async def migrate(instance_id: str, body: MigrateIn) -> Response:
+        channel = MigrationChannel(body.address, body.port, body.tls_hostname)
+        await driver.migrate(instance_id, channel, _params(body.params))
+        return Response(status_code=202)
+
+    @app.get("/v1/guests/{instance_id}/migration", response_model=MigrationProgressOut)
+    async def migration(instance_id: str) -> MigrationProgressOut:
+        progress = await driver.migration_status(instance_id)
+        return MigrationProgressOut(**asdict(progress))
+
+    @app.post("/v1/guests/{instance_id}/migration/tune", status_code=204)
+    async def tune(instance_id: str, body: TuneIn) -> Response:
+        await driver.tune_migration(
+            instance_id,
+            downtime_limit_ms=body.downtime_limit_ms,
+            max_bandwidth_bytes=body.max_bandwidth_bytes,
+            start_postcopy=body.start_postcopy,
+        )
+        return Response(status_code=204)
+
+    @app.post("/v1/guests/{instance_id}/migration/finish-destination", response_model=GuestReport)
+    async def finish_destination(instance_id: str) -> GuestReport:
+        return report(await driver.finish_destination(instance_id))
+
+    @app.post("/v1/guests/{instance_id}/migration/finish-source", status_code=204)
+    async def finish_source(instance_id: str) -> Response:
+        await driver.finish_source(instance_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/guests/{instance_id}/migration/abort", status_code=204)
+    async def abort(instance_id: str, role: Literal["source", "destination"]) -> Response:
+        await driver.abort_migration(instance_id, source=role == "source")
+        return Response(status_code=204)
 
     @app.delete("/v1/guests/{instance_id}", status_code=204)
     async def destroy(instance_id: str) -> Response:

@@ -16,6 +16,7 @@ from ferry.cli import (
     image_cmd,
     instances,
     lab_cmd,
+    migrations,
     pki_cmd,
     tokens,
 )
@@ -28,7 +29,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(hosts.app, name="host")
+instances.instances.command("migrate")(migrations.migrate)
 app.add_typer(instances.instances, name="instance")
+app.add_typer(migrations.app, name="migration")
 app.add_typer(instances.flavors, name="flavor")
 app.add_typer(instances.networks, name="network")
 app.add_typer(events.app, name="event")

@@ -7,7 +7,14 @@ from typing import Any
 
 import httpx
 
-from ferry.protocol import GuestReport, GuestSpecIn
+from ferry.protocol import (
+    GuestReport,
+    GuestSpecIn,
+    IncomingIn,
+    MigrateIn,
+    MigrationProgressOut,
+    TuneIn,
+)
 
 
 class AgentUnavailable(Exception):
@@ -46,6 +53,38 @@ class AgentClient:
     async def guests(self, agent_url: str) -> list[GuestReport]:
         response = await self._call("GET", f"{agent_url}/v1/guests")
         return [GuestReport.model_validate(g) for g in response.json()]
+
+    async def incoming(self, agent_url: str, body: IncomingIn) -> GuestReport:
+        url = f"{agent_url}/v1/guests/{body.spec.id}/incoming"
+        response = await self._call("POST", url, json=body.model_dump())
+        return GuestReport.model_validate(response.json())
+
+    async def migrate(self, agent_url: str, instance_id: str, body: MigrateIn) -> None:
+        await self._call(
+            "POST", f"{agent_url}/v1/guests/{instance_id}/migrate", json=body.model_dump()
+        )
+
+    async def progress(self, agent_url: str, instance_id: str) -> MigrationProgressOut:
+        response = await self._call("GET", f"{agent_url}/v1/guests/{instance_id}/migration")
+        return MigrationProgressOut.model_validate(response.json())
+
+    async def tune(self, agent_url: str, instance_id: str, body: TuneIn) -> None:
+        await self._call(
+            "POST", f"{agent_url}/v1/guests/{instance_id}/migration/tune", json=body.model_dump()
+        )
+
+    async def finish_destination(self, agent_url: str, instance_id: str) -> GuestReport:
+        url = f"{agent_url}/v1/guests/{instance_id}/migration/finish-destination"
+        return GuestReport.model_validate((await self._call("POST", url)).json())
+
+    async def finish_source(self, agent_url: str, instance_id: str) -> None:
+        await self._call("POST", f"{agent_url}/v1/guests/{instance_id}/migration/finish-source")
+
+    async def abort(self, agent_url: str, instance_id: str, *, source: bool) -> None:
+        role = "source" if source else "destination"
+        await self._call(
+            "POST", f"{agent_url}/v1/guests/{instance_id}/migration/abort", params={"role": role}
+        )
 
     async def close(self) -> None:
         if self._http is not None:

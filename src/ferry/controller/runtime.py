@@ -11,14 +11,17 @@ from datetime import timedelta
 from ferry.config import ControllerSettings
 from ferry.controller.agents import AgentClient
 from ferry.db.database import Database
+from ferry.domain.convergence import ConvergencePolicy
 from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.loop import ReconcileLoop
+from ferry.orchestrator.migrations import MigrationReconciler
 from ferry.pki.tls import ssl_context_client
 from ferry.services.catalog import CatalogService
 from ferry.services.events import EventService
 from ferry.services.hosts import HostService, LivenessPolicy
 from ferry.services.instances import InstanceService
 from ferry.services.maintenance import MaintenanceService
+from ferry.services.migrations import MigrationService
 from ferry.services.store import EventBus, Store
 from ferry.services.tokens import TokenService
 
@@ -42,6 +45,9 @@ class Controller:
         self.instances = InstanceService(self.store, self.liveness)
         self.agents = AgentClient(self._agent_tls())
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
+        policy = ConvergencePolicy().with_overrides(settings.migration_policy)
+        self.migrations = MigrationService(self.store, self.liveness, policy)
+        migrator = MigrationReconciler(self.store, self.agents)
         self.loops = [
             ReconcileLoop(
                 "liveness",
@@ -55,6 +61,7 @@ class Controller:
                 self.bus,
             ),
             ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
+            ReconcileLoop("migrations", migrator.step, settings.reconcile_interval),
         ]
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -191,6 +191,14 @@ class Migration(Base):
     kind: Mapped[str] = mapped_column(String(8), default=MigrationKind.LIVE.value)
     state: Mapped[str] = mapped_column(String(16), default=MigrationState.QUEUED.value, index=True)
     attempt: Mapped[int] = mapped_column(default=1)
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dest_port: Mapped[int | None]
+    downtime_limit_ms: Mapped[int | None]
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    progress_at: Mapped[datetime | None]
+    stalled_since: Mapped[datetime | None]
+    escalated_at_pass: Mapped[int] = mapped_column(default=0)
     bytes_total: Mapped[int | None] = mapped_column(BigInteger)
     bytes_sent: Mapped[int | None] = mapped_column(BigInteger)
     bytes_remaining: Mapped[int | None] = mapped_column(BigInteger)

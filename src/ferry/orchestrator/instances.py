@@ -10,14 +10,38 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.controller.agents import AgentClient, AgentUnavailable
-from ferry.db.models import Host, Instance, Port
+from ferry.db.models import Host, Instance, Network
 from ferry.domain.instance import InstanceState
 from ferry.protocol import GuestSpecIn, PortIn
-from ferry.services.catalog import get_network
 from ferry.services.instances import InstanceService
 from ferry.services.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -> GuestSpecIn:
+    """What an agent needs to start (or receive) the instance. Ports carry the network's prefix
+    length and gateway when `networks` is given; the lab's instance fabric is a /16."""
+    ports = []
+    for port in instance.ports:
+        network = (networks or {}).get(port.network)
+        prefix = network.cidr.split("/")[1] if network else "16"
+        ports.append(
+            PortIn(
+                network=port.network,
+                mac=port.mac,
+                ip=f"{port.ip}/{prefix}",
+                gateway=network.gateway if network else None,
+            )
+        )
+    return GuestSpecIn(
+        id=instance.id,
+        name=instance.name,
+        vcpus=instance.vcpus,
+        ram_mb=instance.ram_mb,
+        ports=ports,
+        dirty_rate_mbps=instance.dirty_rate_mbps,
+    )
 
 
 class InstanceReconciler:
@@ -48,27 +72,8 @@ class InstanceReconciler:
         await self._forget_unplaced()
 
     async def _spec(self, session: AsyncSession, instance: Instance) -> GuestSpecIn:
-        ports = (await session.scalars(select(Port).where(Port.instance_id == instance.id))).all()
-        port_specs = []
-        for port in ports:
-            network = await get_network(session, port.network)
-            prefix = network.cidr.split("/")[1]
-            port_specs.append(
-                PortIn(
-                    network=port.network,
-                    mac=port.mac,
-                    ip=f"{port.ip}/{prefix}",
-                    gateway=network.gateway,
-                )
-            )
-        return GuestSpecIn(
-            id=instance.id,
-            name=instance.name,
-            vcpus=instance.vcpus,
-            ram_mb=instance.ram_mb,
-            ports=port_specs,
-            dirty_rate_mbps=instance.dirty_rate_mbps,
-        )
+        networks = {n.name: n for n in (await session.scalars(select(Network))).all()}
+        return guest_spec(instance, networks)
 
     async def _start(self, instance: Instance, host: Host, spec: GuestSpecIn) -> None:
         if not host.agent_url:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ferry.db.models import Allocation, Host, Instance, Port
+from ferry.db.models import Allocation, Host, Instance, Migration, Port
 from ferry.domain.errors import Conflict, InvalidInput, NotFound
 from ferry.domain.events import EventKind
 from ferry.domain.instance import INSTANCE, InstanceAction, InstanceState
+from ferry.domain.migration import ACTIVE_MIGRATION_STATES
 from ferry.protocol import GuestReport
 from ferry.scheduler.basic import NoValidHost, Request, Resources
 from ferry.scheduler.basic import select as pick
@@ -123,6 +124,13 @@ class InstanceService:
     async def delete(self, name: str, actor: str) -> Instance:
         async with self.store.write() as session:
             instance = await get_instance(session, name)
+            if await session.scalar(
+                select(Migration.id).where(
+                    Migration.instance_id == instance.id,
+                    Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES]),
+                )
+            ):
+                raise Conflict(f"instance {instance.name} is migrating; abort the migration first")
             _transition(instance, InstanceAction.DELETE)
             host = await session.get(Host, instance.host_id) if instance.host_id else None
             record(

@@ -73,6 +73,46 @@ class HostFacts:
     machine_type: str
 
 
+@dataclass(frozen=True)
+class MigrationChannel:
+    """Where the destination listens for the stream, and the name its certificate carries."""
+
+    address: str  # the destination host's migration address
+    port: int
+    tls_hostname: str  # checked against the destination certificate's SANs
+
+
+@dataclass(frozen=True)
+class MigrationParams:
+    """Convergence settings applied to both ends before the stream starts."""
+
+    max_bandwidth_bytes: int  # never QEMU's silent 128 MiB/s default
+    downtime_limit_ms: int = 300
+    auto_converge: bool = True
+    postcopy: bool = False  # enable post-copy (the switch itself is a separate call)
+
+
+@dataclass
+class MigrationProgress:
+    """One reading of a migration, from the source's point of view (QEMU's query-migrate)."""
+
+    status: str  # none, setup, active, postcopy-active, device, completed, failed, cancelled
+    total_bytes: int = 0
+    transferred_bytes: int = 0
+    remaining_bytes: int = 0
+    dirty_rate_bytes: int = 0  # bytes dirtied per second
+    passes: int = 0  # dirty-sync count: 1 is the first full pass
+    throughput_mbps: float = 0.0
+    expected_downtime_ms: int = 0
+    downtime_ms: int | None = None  # after completion
+    total_time_ms: int | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "cancelled")
+
+
 class DriverError(Exception):
     """A driver operation failed; the message says what and why, for the operator."""
 
@@ -94,6 +134,48 @@ class Driver(abc.ABC):
 
     async def get(self, instance_id: str) -> GuestStatus | None:
         return next((g for g in await self.list() if g.id == instance_id), None)
+
+    # -- live migration handshake ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def prepare_incoming(
+        self, spec: GuestSpec, port: int, params: MigrationParams
+    ) -> GuestStatus:
+        """Destination: start the guest paused, waiting for a TLS stream on `port`, tap ready."""
+
+    @abc.abstractmethod
+    async def migrate(
+        self, instance_id: str, channel: MigrationChannel, params: MigrationParams
+    ) -> None:
+        """Source: start sending the guest to `channel` over TLS."""
+
+    @abc.abstractmethod
+    async def migration_status(self, instance_id: str) -> MigrationProgress:
+        """Source: the migration's progress now."""
+
+    @abc.abstractmethod
+    async def tune_migration(
+        self,
+        instance_id: str,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth_bytes: int | None = None,
+        start_postcopy: bool = False,
+    ) -> None:
+        """Source: change convergence while the stream runs (escalation, post-copy switch)."""
+
+    @abc.abstractmethod
+    async def finish_destination(self, instance_id: str) -> GuestStatus:
+        """Destination: the guest runs here; announce its MAC so the fabric learns the port."""
+
+    @abc.abstractmethod
+    async def finish_source(self, instance_id: str) -> None:
+        """Source: the guest moved; remove the paused source process and its taps."""
+
+    @abc.abstractmethod
+    async def abort_migration(self, instance_id: str, *, source: bool) -> None:
+        """Cancel: the source keeps (or resumes) running the guest; the destination's
+        incoming process and taps are removed. Idempotent on both ends."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; running guests keep running."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ferry.agent.drivers.base import (
@@ -20,8 +21,12 @@ from ferry.agent.drivers.base import (
     GuestSpec,
     GuestStatus,
     HostFacts,
+    MigrationChannel,
+    MigrationParams,
+    MigrationProgress,
     PortSpec,
 )
+from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 
 
 class FakeDriver(Driver):
@@ -35,6 +40,9 @@ class FakeDriver(Driver):
         self._boot_seconds = boot_seconds
         self._guests: dict[str, GuestStatus] = {}
         self._specs: dict[str, GuestSpec] = {}
+        # Outgoing migrations: the model and when it started (monotonic), or a final reading.
+        self._outgoing: dict[str, tuple[SimulatedMigration, float]] = {}
+        self._ended: dict[str, MigrationProgress] = {}
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
                 spec = raw.pop("spec")
@@ -76,6 +84,104 @@ class FakeDriver(Driver):
 
     async def list(self) -> list[GuestStatus]:
         return sorted(self._guests.values(), key=lambda g: g.name)
+
+    # -- live migration: see fake_migration.py for the model --------------------------------
+
+    async def prepare_incoming(
+        self, spec: GuestSpec, port: int, params: MigrationParams
+    ) -> GuestStatus:
+        existing = self._guests.get(spec.id)
+        if existing is not None:
+            if existing.power is GuestPower.INCOMING:
+                return existing
+            raise DriverError(f"{spec.name} already runs on this host")
+        status = await self.spawn(spec)
+        status.power = GuestPower.INCOMING
+        status.detail = f"waiting for a migration stream on port {port}"
+        self._save()
+        return status
+
+    async def migrate(
+        self, instance_id: str, channel: MigrationChannel, params: MigrationParams
+    ) -> None:
+        spec = self._running_spec(instance_id)
+        if instance_id in self._outgoing:
+            return
+        model = SimulatedMigration(spec.ram_mb * MIB, spec.dirty_rate_mbps * MIB, params)
+        self._outgoing[instance_id] = (model, time.monotonic())
+        self._ended.pop(instance_id, None)
+
+    async def migration_status(self, instance_id: str) -> MigrationProgress:
+        if instance_id in self._ended:
+            return self._ended[instance_id]
+        if instance_id not in self._outgoing:
+            return MigrationProgress(status="none")
+        model, started = self._outgoing[instance_id]
+        reading = model.at(time.monotonic() - started)
+        if reading.finished:
+            self._ended[instance_id] = reading
+            del self._outgoing[instance_id]
+            self._set_power(instance_id, GuestPower.PAUSED, "migrated away")
+        return reading
+
+    async def tune_migration(
+        self,
+        instance_id: str,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth_bytes: int | None = None,
+        start_postcopy: bool = False,
+    ) -> None:
+        if instance_id not in self._outgoing:
+            raise DriverError(f"no migration of {instance_id} in progress")
+        model, started = self._outgoing[instance_id]
+        params = replace(
+            model.params,
+            downtime_limit_ms=downtime_limit_ms or model.params.downtime_limit_ms,
+            max_bandwidth_bytes=max_bandwidth_bytes or model.params.max_bandwidth_bytes,
+        )
+        if start_postcopy and not params.postcopy:
+            raise DriverError("post-copy was not enabled for this migration")
+        postcopy_at = time.monotonic() - started if start_postcopy else model.postcopy_at
+        self._outgoing[instance_id] = (
+            replace(model, params=params, postcopy_at=postcopy_at),
+            started,
+        )
+
+    async def finish_destination(self, instance_id: str) -> GuestStatus:
+        guest = self._guests.get(instance_id)
+        if guest is None:
+            raise DriverError(f"no incoming guest {instance_id} on this host")
+        self._set_power(instance_id, GuestPower.RUNNING, "")
+        return guest
+
+    async def finish_source(self, instance_id: str) -> None:
+        self._ended.pop(instance_id, None)
+        await self.destroy(instance_id)
+
+    async def abort_migration(self, instance_id: str, *, source: bool) -> None:
+        if source:
+            if self._outgoing.pop(instance_id, None) is not None:
+                self._ended[instance_id] = MigrationProgress(status="cancelled")
+            if instance_id in self._guests:
+                self._set_power(instance_id, GuestPower.RUNNING, "")
+            return
+        guest = self._guests.get(instance_id)
+        if guest is not None and guest.power is GuestPower.INCOMING:
+            await self.destroy(instance_id)
+
+    def _running_spec(self, instance_id: str) -> GuestSpec:
+        guest = self._guests.get(instance_id)
+        if guest is None or guest.power is not GuestPower.RUNNING:
+            raise DriverError(f"guest {instance_id} does not run on this host")
+        return self._specs[instance_id]
+
+    def _set_power(self, instance_id: str, power: GuestPower, detail: str) -> None:
+        guest = self._guests.get(instance_id)
+        if guest is not None:
+            guest.power = power
+            guest.detail = detail
+            self._save()
 
     def _save(self) -> None:
         if self._state_file is not None:

@@ -3,7 +3,12 @@
 Each instance has a run directory `<run_dir>/<id>/` with its spec, pid file, QMP socket and
 serial log. QEMU daemonizes, so instances outlive the agent; a restarted agent finds them by
 their run directories and live pids (re-attach), never by restarting them. Machine type and CPU
-model are pinned so that any two hosts of a cluster can exchange guests.
+model are pinned so that any two hosts of a cluster can exchange guests; live migration (over
+QEMU's native TLS) is in qemu_migration.py.
+
+QMP: a socket serves one client at a time, so every exchange is a short session (connect,
+commands, disconnect) and the sessions of one instance take turns under a lock of their own
+(operations such as spawn hold the instance lock and open sessions inside it).
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient, QMPError
+from qemu.qmp.qmp_client import NegotiationError
 
 from ferry.agent import net
 from ferry.agent.drivers.base import (
-    Driver,
     DriverError,
     GuestPower,
     GuestSpec,
@@ -31,8 +37,9 @@ from ferry.agent.drivers.base import (
     PortSpec,
 )
 from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv
+from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QMP_TIMEOUT, QemuMigration
 
-QMP_TIMEOUT = 5.0
+NEGOTIATION_ATTEMPTS = 3
 _POWER = {
     "running": GuestPower.RUNNING,
     "paused": GuestPower.PAUSED,
@@ -55,13 +62,14 @@ def _pid_alive(pid: int, instance_id: str) -> bool:
     return b"qemu-system" in cmdline and instance_id.encode() in cmdline
 
 
-class QemuDriver(Driver):
+class QemuDriver(QemuMigration):
     name = "qemu"
 
     def __init__(self, config: QemuConfig) -> None:
         self.config = config
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._qmp_locks: dict[str, asyncio.Lock] = {}
 
     def _dir(self, instance_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):
@@ -95,25 +103,36 @@ class QemuDriver(Driver):
             current = await self._status(spec.id)
             if current is not None and current.power is not GuestPower.STOPPED:
                 return current
-            rundir = self._dir(spec.id)
-            shutil.rmtree(rundir, ignore_errors=True)
-            rundir.mkdir(parents=True)
-            (rundir / "spec.json").write_text(json.dumps(asdict(spec)))
-            taps = [net.tap_name(spec.id, i) for i in range(len(spec.ports))]
+            return await self._start_guest(spec)
+
+    async def _start_guest(
+        self, spec: GuestSpec, extra: Sequence[str] = (), marker: str | None = None
+    ) -> GuestStatus:
+        """A fresh run dir, taps on the bridge, then QEMU (with `extra` arguments). `marker`
+        (incoming.json) is written before the spec, so no reader sees an unmarked target."""
+        rundir = self._dir(spec.id)
+        shutil.rmtree(rundir, ignore_errors=True)
+        rundir.mkdir(parents=True)
+        if marker is not None:
+            (rundir / INCOMING_FILE).write_text(marker)
+        (rundir / "spec.json").write_text(json.dumps(asdict(spec)))
+        taps = [net.tap_name(spec.id, i) for i in range(len(spec.ports))]
+        try:
             for tap in taps:
                 await net.create_tap(tap, self.config.bridge)
-            try:
-                await self._launch(spec, rundir, taps)
-            except DriverError:
-                await self._cleanup(spec.id, taps)
-                raise
-            status = await self._status(spec.id)
-            if status is None:
-                raise DriverError(f"QEMU for {spec.name} exited right after starting")
-            return status
+            await self._launch(spec, rundir, taps, extra)
+        except (DriverError, net.TapError) as exc:
+            await self._cleanup(spec.id, taps)
+            raise DriverError(str(exc)) from exc
+        status = await self._status(spec.id)
+        if status is None:
+            raise DriverError(f"QEMU for {spec.name} exited right after starting")
+        return status
 
-    async def _launch(self, spec: GuestSpec, rundir: Path, taps: list[str]) -> None:
-        argv = guest_argv(self.config, spec, rundir, taps)
+    async def _launch(
+        self, spec: GuestSpec, rundir: Path, taps: list[str], extra: Sequence[str] = ()
+    ) -> None:
+        argv = [*guest_argv(self.config, spec, rundir, taps), *extra]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -125,17 +144,21 @@ class QemuDriver(Driver):
 
     async def destroy(self, instance_id: str) -> None:
         async with self._lock(instance_id):
-            rundir = self._dir(instance_id)
-            spec = self._spec(instance_id)
-            taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))] if spec else []
-            pid = self._pid(instance_id)
-            if pid is not None:
-                await self._stop_process(instance_id, pid)
-            await self._cleanup(instance_id, taps)
-            shutil.rmtree(rundir, ignore_errors=True)
+            await self._remove(instance_id)
+
+    async def _remove(self, instance_id: str) -> None:
+        """Stop the process, delete the taps and the run dir (the caller holds the lock)."""
+        rundir = self._dir(instance_id)
+        spec = self._spec(instance_id)
+        taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))] if spec else []
+        pid = self._pid(instance_id)
+        if pid is not None:
+            await self._stop_process(instance_id, pid)
+        await self._cleanup(instance_id, taps)
+        shutil.rmtree(rundir, ignore_errors=True)
 
     async def _stop_process(self, instance_id: str, pid: int) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # QEMU may drop the connection as it quits
             await self._qmp(instance_id, "quit")
         for _ in range(50):
             if not _pid_alive(pid, instance_id):
@@ -182,25 +205,46 @@ class QemuDriver(Driver):
             return None
         taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))]
         pid = self._pid(instance_id)
+        incoming = self._incoming(instance_id)
         if pid is None:
-            return GuestStatus(
-                spec.id, spec.name, GuestPower.STOPPED, None, taps, "no QEMU process"
-            )
+            why = "the incoming QEMU exited" if incoming else "no QEMU process"
+            return GuestStatus(spec.id, spec.name, GuestPower.STOPPED, None, taps, why)
         try:
             state = await self._qmp(instance_id, "query-status")
             power = _POWER.get(str(state.get("status")), GuestPower.PAUSED)
             detail = str(state.get("status"))
         except Exception as exc:  # a busy or wedged QMP socket must not hide the guest
             power, detail = GuestPower.RUNNING, f"QMP not answering: {exc}"
+        if incoming:  # a migration target until finish_destination, whatever QEMU does
+            power, detail = GuestPower.INCOMING, f"migration target ({detail})"
         return GuestStatus(spec.id, spec.name, power, pid, taps, detail)
 
-    async def _qmp(self, instance_id: str, command: str) -> dict[str, object]:
-        client = QMPClient(f"ferry-agent-{instance_id[:8]}")
+    @contextlib.asynccontextmanager
+    async def _session(self, instance_id: str) -> AsyncIterator[QMPClient]:
+        """One QMP connection for a few commands; sessions of an instance take turns."""
         sock = str(self._dir(instance_id) / "qmp.sock")
+        async with self._qmp_locks.setdefault(instance_id, asyncio.Lock()):
+            client = await _connect(instance_id, sock)
+            try:
+                yield client
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+
+
+async def _connect(instance_id: str, sock: str) -> QMPClient:
+    """A negotiated QMP client. qemu.qmp wants the reply to qmp_capabilities as the first message
+    after it, but QEMU enables events before it replies, so an event can come first (a MIGRATION
+    event during a migration often does): that failed negotiation is retried."""
+    for attempt in range(1, NEGOTIATION_ATTEMPTS + 1):
+        client = QMPClient(f"ferry-agent-{instance_id[:8]}")
         try:
             await asyncio.wait_for(client.connect(sock), QMP_TIMEOUT)
-            result = await asyncio.wait_for(client.execute(command), QMP_TIMEOUT)
-        finally:
+            return client
+        except (QMPError, OSError, TimeoutError) as exc:
             with contextlib.suppress(Exception):
                 await client.disconnect()
-        return result if isinstance(result, dict) else {}
+            raced = isinstance(exc, ConnectError) and isinstance(exc.exc, NegotiationError)
+            if not raced or attempt == NEGOTIATION_ATTEMPTS:
+                raise DriverError(f"cannot reach QMP of {instance_id}: {exc}") from exc
+    raise AssertionError("unreachable")

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ferry.agent.drivers.base import GuestSpec
 from ferry.lab.image_guest import kernel_args
+from ferry.pki.ca import dn_glob
 
 MACHINE_TYPE = "pc-q35-7.2"
 CPU_MODEL = "qemu64"
+
+# QOM ids of the migration TLS objects. A guest that migrated in keeps its server objects and may
+# later migrate out, so the client credentials need an id of their own.
+TLS_SERVER_ID = "ferry-tls-server"
+TLS_CLIENT_ID = "ferry-tls-client"
+AUTHZ_ID = "ferry-authz"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The host's PEM files (the agent's [tls] ca, cert, key): one certificate with server and
+    client use serves both ends of a migration."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -22,6 +41,10 @@ class QemuConfig:
     machine_type: str = MACHINE_TYPE
     cpu_model: str = CPU_MODEL
     accel: str = "tcg"
+    tls: TlsFiles | None = None  # None: this host can run guests but never migrate them
+    # Where an incoming QEMU listens (the host's migration address); TLS with peer verification
+    # and the authz list guard the port whatever the address.
+    migration_listen: str = "0.0.0.0"  # noqa: S104
 
 
 def kernel_cmdline(spec: GuestSpec) -> str:
@@ -78,3 +101,36 @@ def guest_argv(config: QemuConfig, spec: GuestSpec, rundir: Path, taps: list[str
             f"virtio-net-pci,netdev=net{index},mac={port.mac},id=nic{index}",
         ]
     return argv
+
+
+def tls_creds_object(creds_dir: Path, *, server: bool) -> dict[str, Any]:
+    """QMP object-add / JSON -object arguments of the migration credentials: peers are always
+    verified (a destination demands a client certificate of the cluster CA)."""
+    return {
+        "qom-type": "tls-creds-x509",
+        "id": TLS_SERVER_ID if server else TLS_CLIENT_ID,
+        "dir": str(creds_dir),
+        "endpoint": "server" if server else "client",
+        "verify-peer": True,
+    }
+
+
+def authz_object() -> dict[str, Any]:
+    """Admit cluster hosts only: the client certificate's DN must match O=Ferry,OU=host,CN=*
+    (a controller or operator certificate of the same CA is denied)."""
+    rule = {"match": dn_glob(), "policy": "allow", "format": "glob"}
+    return {"qom-type": "authz-list", "id": AUTHZ_ID, "policy": "deny", "rules": [rule]}
+
+
+def incoming_argv(creds_dir: Path) -> list[str]:
+    """What a migration destination adds to the guest's own command line: wait for
+    `migrate-incoming`, with server credentials and the authz list. Objects are given as JSON,
+    so a DN's commas need no doubling."""
+    return [
+        "-incoming",
+        "defer",
+        "-object",
+        json.dumps(tls_creds_object(creds_dir, server=True)),
+        "-object",
+        json.dumps(authz_object()),
+    ]

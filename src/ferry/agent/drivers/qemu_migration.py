@@ -1,0 +1,414 @@
+"""Live migration for the QEMU driver, over QEMU's native TLS, in the Driver handshake's shape.
+
+Destination (`prepare_incoming`): the guest's own command line (same machine, CPU, MACs, devices)
+plus `-incoming defer`, server credentials and an authz list admitting only cluster hosts; taps
+first; then capabilities, tls-creds/tls-authz and `migrate-incoming` on the port. Until
+`finish_destination` the run dir holds an `incoming.json` marker: `list()` reports the guest as
+INCOMING, and aborts tell a migration target from a guest that lives here.
+
+Source (`migrate`): client credentials (object-add, re-read from disk each time), the same
+capabilities, tls-creds/tls-hostname, bandwidth and downtime, then `migrate`. There is no plaintext
+path: without credentials every method that would open a stream refuses.
+
+Both ends enable `return-path`: the destination confirms that it loaded the state, and only then
+does the source report `completed`. Without it a destination that fails to load leaves a source
+that believes it is done (paused for good) and a lost guest; with it the source fails and resumes.
+
+Once the source reports `completed` the guest runs on the destination (QEMU starts it there by
+itself: no -S), so neither end aborts any more: the only way is forward. Post-copy is the same
+from its switch on. A switchover in progress (status `device`) is waited out, not cancelled, so
+that a cancel cannot race a destination that already started the guest.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+
+from ferry.agent.drivers.base import (
+    Driver,
+    DriverError,
+    GuestPower,
+    GuestSpec,
+    GuestStatus,
+    MigrationChannel,
+    MigrationParams,
+    MigrationProgress,
+)
+from ferry.agent.drivers.qemu_argv import (
+    AUTHZ_ID,
+    TLS_CLIENT_ID,
+    TLS_SERVER_ID,
+    QemuConfig,
+    TlsFiles,
+    incoming_argv,
+    tls_creds_object,
+)
+from ferry.pki.store import (
+    CERT_MODE,
+    KEY_MODE,
+    PkiError,
+    check_pair,
+    ensure_dir,
+    read_cert,
+    read_key,
+    write_file,
+)
+
+QMP_TIMEOUT = 5.0
+SETTLE_TIMEOUT = 30.0  # a cancel, a switchover, the destination's last device state
+POLL = 0.05
+INCOMING_FILE = "incoming.json"
+TLS_DIR = "tls"
+
+SENDING = frozenset({"setup", "active", "pre-switchover", "wait-unplug", "device", "cancelling"})
+CANCELLABLE = frozenset({"setup", "active", "pre-switchover", "wait-unplug"})
+POSTCOPY = frozenset({"postcopy-active", "postcopy-paused", "postcopy-recover"})
+ARRIVING = frozenset({"inmigrate", "finish-migrate", "restore-vm", "prelaunch"})
+# QEMU's own self-announce timing (5 RARP rounds, 50..550 ms apart); 7.2's announce-self
+# demands every field, although the schema documents them as optional.
+ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
+
+
+def capabilities(params: MigrationParams, *, source: bool) -> list[dict[str, Any]]:
+    """Migration capabilities; postcopy-ram must match on both ends, auto-converge is the
+    source's alone (it throttles the source's vCPUs)."""
+    caps = {"events": True, "return-path": True, "postcopy-ram": params.postcopy}
+    if source:
+        caps["auto-converge"] = params.auto_converge
+    return [{"capability": name, "state": state} for name, state in caps.items()]
+
+
+def tcp_uri(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"tcp:{host}:{port}"
+
+
+def outgoing_status(info: Mapping[str, Any]) -> str:
+    """The status of this QEMU's outgoing migration. query-migrate falls back to the incoming
+    record when the guest never migrated out: a guest that arrived here says "completed"
+    (without RAM counters) until it first migrates on."""
+    status = str(info.get("status", "none"))
+    return "none" if status == "completed" and "ram" not in info else status
+
+
+def progress_from(info: Mapping[str, Any]) -> MigrationProgress:
+    """query-migrate on the source, as a MigrationProgress."""
+    status = outgoing_status(info)
+    ram: Mapping[str, Any] = (info.get("ram") or {}) if status != "none" else {}
+    done = status == "completed"
+    return MigrationProgress(
+        status=status,
+        total_bytes=int(ram.get("total", 0)),
+        transferred_bytes=int(ram.get("transferred", 0)),
+        remaining_bytes=int(ram.get("remaining", 0)),
+        dirty_rate_bytes=int(ram.get("dirty-pages-rate", 0)) * int(ram.get("page-size", 4096)),
+        passes=int(ram.get("dirty-sync-count", 0)),
+        throughput_mbps=float(ram.get("mbps", 0.0)),
+        expected_downtime_ms=int(info.get("expected-downtime", 0)),
+        downtime_ms=int(info["downtime"]) if done and "downtime" in info else None,
+        total_time_ms=int(info["total-time"]) if done and "total-time" in info else None,
+        error=str(info["error-desc"]) if "error-desc" in info else None,
+    )
+
+
+async def run(qmp: QMPClient, command: str, args: Mapping[str, object] | None = None) -> Any:
+    """One QMP command; every failure becomes a DriverError naming the command."""
+    try:
+        return await asyncio.wait_for(qmp.execute(command, args), QMP_TIMEOUT)
+    except (QMPError, OSError, EOFError, TimeoutError) as exc:
+        raise DriverError(f"QMP {command} failed: {exc or type(exc).__name__}") from exc
+
+
+def build_creds_dir(tls: TlsFiles, dest: Path) -> Path:
+    """Lay out `dest` for tls-creds-x509 (the layout of ferry.pki.ca.qemu_creds_dir) from the
+    host's own files: its one certificate serves as server and client. Rebuilt from scratch, so
+    nothing else (a stray ca-crl.pem, dh-params.pem) is read by QEMU. Keys 0600, dir 0700."""
+    try:
+        cert, key, ca = tls.cert.read_bytes(), tls.key.read_bytes(), tls.ca.read_bytes()
+        check_pair(read_cert(tls.cert), read_key(tls.key), tls.cert.parent)
+        shutil.rmtree(dest, ignore_errors=True)
+        ensure_dir(dest)
+        files = {
+            "ca-cert.pem": (ca, CERT_MODE),
+            "server-cert.pem": (cert, CERT_MODE),
+            "server-key.pem": (key, KEY_MODE),
+            "client-cert.pem": (cert, CERT_MODE),
+            "client-key.pem": (key, KEY_MODE),
+        }
+        for name, (data, mode) in files.items():
+            write_file(dest / name, data, mode=mode, overwrite=True)
+    except (OSError, PkiError) as exc:
+        raise DriverError(f"cannot lay out the migration TLS credentials in {dest}: {exc}") from exc
+    return dest
+
+
+async def listen(qmp: QMPClient, params: MigrationParams, uri: str) -> None:
+    """Destination: TLS with authz, matching capabilities, then listen."""
+    await run(qmp, "migrate-set-capabilities", {"capabilities": capabilities(params, source=False)})
+    await run(qmp, "migrate-set-parameters", {"tls-creds": TLS_SERVER_ID, "tls-authz": AUTHZ_ID})
+    await run(qmp, "migrate-incoming", {"uri": uri})
+
+
+async def add_client_creds(qmp: QMPClient, creds: Path) -> None:
+    """Source: (re)create the client credentials, so renewed certificates are read."""
+    objects = await run(qmp, "qom-list", {"path": "/objects"})
+    if any(obj.get("name") == TLS_CLIENT_ID for obj in objects):
+        await run(qmp, "object-del", {"id": TLS_CLIENT_ID})
+    await run(qmp, "object-add", tls_creds_object(creds, server=False))
+
+
+async def send(
+    qmp: QMPClient, creds: Path, channel: MigrationChannel, params: MigrationParams
+) -> None:
+    """Source: TLS to the destination's certificate name, convergence settings, then go."""
+    await add_client_creds(qmp, creds)
+    await run(qmp, "migrate-set-capabilities", {"capabilities": capabilities(params, source=True)})
+    settings = {
+        "tls-creds": TLS_CLIENT_ID,
+        "tls-hostname": channel.tls_hostname,
+        "max-bandwidth": params.max_bandwidth_bytes,
+        "downtime-limit": params.downtime_limit_ms,
+    }
+    await run(qmp, "migrate-set-parameters", settings)
+    await run(qmp, "migrate", {"uri": tcp_uri(channel.address, channel.port)})
+
+
+class QemuMigration(Driver):
+    """The migration half of the QEMU driver; QemuDriver supplies the hooks below."""
+
+    config: QemuConfig
+    _creds: Path | None = None
+
+    # -- hooks (QemuDriver) ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _dir(self, instance_id: str) -> Path: ...
+
+    @abc.abstractmethod
+    def _lock(self, instance_id: str) -> asyncio.Lock: ...
+
+    @abc.abstractmethod
+    def _pid(self, instance_id: str) -> int | None: ...
+
+    @abc.abstractmethod
+    async def _status(self, instance_id: str) -> GuestStatus | None: ...
+
+    @abc.abstractmethod
+    def _session(self, instance_id: str) -> AbstractAsyncContextManager[QMPClient]: ...
+
+    @abc.abstractmethod
+    async def _start_guest(
+        self, spec: GuestSpec, extra: Sequence[str] = (), marker: str | None = None
+    ) -> GuestStatus: ...
+
+    @abc.abstractmethod
+    async def _remove(self, instance_id: str) -> None: ...
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _tls(self) -> Path:
+        """The QEMU credentials directory <run_dir>/tls, built once per agent process."""
+        if self._creds is None:
+            if self.config.tls is None:
+                raise DriverError("this host has no TLS credentials: it cannot migrate guests")
+            dest = self.config.run_dir / TLS_DIR
+            self._creds = await asyncio.to_thread(build_creds_dir, self.config.tls, dest)
+        return self._creds
+
+    def _incoming(self, instance_id: str) -> bool:
+        return (self._dir(instance_id) / INCOMING_FILE).exists()
+
+    async def _qmp(
+        self, instance_id: str, command: str, args: Mapping[str, object] | None = None
+    ) -> dict[str, Any]:
+        async with self._session(instance_id) as qmp:
+            result = await run(qmp, command, args)
+        return result if isinstance(result, dict) else {}
+
+    async def _runstate(self, instance_id: str) -> str:
+        return str((await self._qmp(instance_id, "query-status")).get("status"))
+
+    async def _outgoing(self, instance_id: str) -> str:
+        return outgoing_status(await self._qmp(instance_id, "query-migrate"))
+
+    def _require_source(self, instance_id: str) -> None:
+        if self._incoming(instance_id):
+            raise DriverError(f"{instance_id} is an incoming migration target on this host")
+        if self._pid(instance_id) is None:
+            raise DriverError(f"{instance_id} does not run on this host")
+
+    # -- destination ----------------------------------------------------------------------------
+
+    async def prepare_incoming(
+        self, spec: GuestSpec, port: int, params: MigrationParams
+    ) -> GuestStatus:
+        async with self._lock(spec.id):
+            creds = await self._tls()
+            current = await self._status(spec.id)
+            if current is not None and current.power is not GuestPower.STOPPED:
+                if self._incoming(spec.id):
+                    return current  # a retry: already listening
+                raise DriverError(f"{spec.name} already runs on this host; it cannot move here")
+            marker = json.dumps({"port": port, "params": asdict(params)})
+            try:
+                await self._start_guest(spec, incoming_argv(creds), marker)
+                async with self._session(spec.id) as qmp:
+                    await listen(qmp, params, tcp_uri(self.config.migration_listen, port))
+            except BaseException:
+                await self._remove(spec.id)
+                raise
+            status = await self._status(spec.id)
+            if status is None or status.pid is None:
+                await self._remove(spec.id)
+                raise DriverError(f"the incoming QEMU of {spec.name} exited right after starting")
+            return status
+
+    async def finish_destination(self, instance_id: str) -> GuestStatus:
+        async with self._lock(instance_id):
+            if not self._incoming(instance_id):
+                status = await self._status(instance_id)
+                if status is not None and status.power is GuestPower.RUNNING:
+                    return status  # finished before
+                raise DriverError(f"no incoming migration of {instance_id} on this host")
+            await self._await_arrival(instance_id)
+            await self._qmp(instance_id, "announce-self", ANNOUNCE)
+            (self._dir(instance_id) / INCOMING_FILE).unlink()
+            status = await self._status(instance_id)
+            if status is None:
+                raise DriverError(f"{instance_id} vanished right after its migration")
+            return status
+
+    async def _await_arrival(self, instance_id: str) -> None:
+        """Until the incoming migration completed and QEMU left the incoming run states."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT
+        while True:
+            if self._pid(instance_id) is None:
+                raise DriverError(f"the incoming QEMU of {instance_id} exited: migration failed")
+            info = await self._qmp(instance_id, "query-migrate")
+            status, state = str(info.get("status", "none")), await self._runstate(instance_id)
+            if status == "failed":
+                raise DriverError(f"incoming migration of {instance_id} failed")
+            if status == "completed" and state not in ARRIVING:
+                return
+            if loop.time() > deadline:
+                raise DriverError(
+                    f"incoming migration of {instance_id} is still {status} ({state})"
+                    f" after {SETTLE_TIMEOUT:g} s"
+                )
+            await asyncio.sleep(POLL)
+
+    # -- source ---------------------------------------------------------------------------------
+
+    async def migrate(
+        self, instance_id: str, channel: MigrationChannel, params: MigrationParams
+    ) -> None:
+        async with self._lock(instance_id):
+            creds = await self._tls()
+            self._require_source(instance_id)
+            async with self._session(instance_id) as qmp:
+                status = outgoing_status(await run(qmp, "query-migrate"))
+                if status in SENDING or status in POSTCOPY:
+                    return  # a retry: already sending
+                if str((await run(qmp, "query-status")).get("status")) == "postmigrate":
+                    raise DriverError(f"{instance_id} was handed over already: finish the source")
+                await send(qmp, creds, channel, params)
+
+    async def migration_status(self, instance_id: str) -> MigrationProgress:
+        if self._pid(instance_id) is None:
+            raise DriverError(f"{instance_id} does not run on this host")
+        return progress_from(await self._qmp(instance_id, "query-migrate"))
+
+    async def tune_migration(
+        self,
+        instance_id: str,
+        *,
+        downtime_limit_ms: int | None = None,
+        max_bandwidth_bytes: int | None = None,
+        start_postcopy: bool = False,
+    ) -> None:
+        self._require_source(instance_id)
+        settings: dict[str, object] = {}
+        if downtime_limit_ms is not None:
+            settings["downtime-limit"] = downtime_limit_ms
+        if max_bandwidth_bytes is not None:
+            settings["max-bandwidth"] = max_bandwidth_bytes
+        async with self._session(instance_id) as qmp:
+            if settings:
+                await run(qmp, "migrate-set-parameters", settings)
+            if start_postcopy:
+                await run(qmp, "migrate-start-postcopy")
+
+    async def finish_source(self, instance_id: str) -> None:
+        async with self._lock(instance_id):
+            if not self._dir(instance_id).exists():
+                return  # finished before
+            if self._incoming(instance_id):
+                raise DriverError(f"{instance_id} is an incoming migration target on this host")
+            if self._pid(instance_id) is not None:
+                state = await self._runstate(instance_id)
+                if state != "postmigrate":
+                    raise DriverError(
+                        f"{instance_id} is {state} here, not handed over: not removing it"
+                    )
+            await self._remove(instance_id)
+
+    # -- abort ----------------------------------------------------------------------------------
+
+    async def abort_migration(self, instance_id: str, *, source: bool) -> None:
+        async with self._lock(instance_id):
+            if source:
+                await self._abort_source(instance_id)
+            else:
+                await self._abort_destination(instance_id)
+
+    async def _abort_source(self, instance_id: str) -> None:
+        self._require_source(instance_id)
+        status = await self._outgoing(instance_id)
+        if status in CANCELLABLE:
+            await self._qmp(instance_id, "migrate_cancel")
+        status = await self._settle(instance_id)
+        if status in POSTCOPY:
+            raise DriverError(
+                f"{instance_id} is in post-copy: the destination runs it; it can only complete"
+            )
+        if status == "completed":
+            raise DriverError(
+                f"the migration of {instance_id} completed: the guest runs on the destination"
+            )
+        if await self._runstate(instance_id) in ("paused", "postmigrate"):
+            await self._qmp(instance_id, "cont")
+
+    async def _settle(self, instance_id: str) -> str:
+        """Wait while the stream is still being sent or cancelled; the final outgoing status."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT
+        while (status := await self._outgoing(instance_id)) in SENDING:
+            if loop.time() > deadline:
+                raise DriverError(f"the migration of {instance_id} is still {status}")
+            await asyncio.sleep(POLL)
+        return status
+
+    async def _abort_destination(self, instance_id: str) -> None:
+        rundir = self._dir(instance_id)
+        if not rundir.exists():
+            return  # aborted before, or never prepared
+        if (rundir / "spec.json").exists() and not self._incoming(instance_id):
+            raise DriverError(f"{instance_id} runs on this host as a guest, not as a target")
+        if self._pid(instance_id) is not None:
+            info = await self._qmp(instance_id, "query-migrate")
+            if info.get("status") == "completed":
+                raise DriverError(
+                    f"the migration of {instance_id} completed: the guest runs here now"
+                )
+        await self._remove(instance_id)

@@ -1,0 +1,177 @@
+"""ferry instance migrate, ferry migration list|show|abort."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ferry.cli.client import Api, CliError
+from ferry.cli.context import api
+from ferry.cli.output import Format, FormatOpt, console, emit_json, fields, styled, table, when
+
+app = typer.Typer(help="Live migrations: list, show, abort.", no_args_is_help=True)
+ACTIVE = {"queued", "scheduled", "preparing", "running", "postcopy", "switching"}
+MIB = 2**20
+
+
+def _policy(pairs: list[str] | None) -> dict[str, Any]:
+    """`--policy key=value` pairs; values are JSON when they parse (numbers, true, lists)."""
+    policy: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise CliError(f"--policy takes key=value, not {pair!r}")
+        try:
+            policy[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            policy[key] = raw
+    return policy
+
+
+def migrate(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="instance name")],
+    host: Annotated[str | None, typer.Option(help="destination; default: the scheduler")] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="convergence override, e.g. max_bandwidth_mib=200, postcopy=true"),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow it with a progress bar")] = False,
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """Live-migrate a running instance over TLS; its IP and MAC stay."""
+    client = api(ctx)
+    m = client.post(f"/v1/instances/{name}/migrate", {"host": host, "policy": _policy(policy)})
+    if wait:
+        m = _follow(client, m)
+    if fmt is Format.JSON:
+        emit_json(m)
+    else:
+        _summary(m)
+    if m["state"] in ("failed", "cancelled"):
+        raise CliError(f"migration of {name} {m['state']}: {m['error']}")
+
+
+def _follow(client: Api, m: dict[str, Any]) -> dict[str, Any]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(
+            f"{m['instance']} {m['source']} -> {m['destination']}", total=None, detail=m["state"]
+        )
+        while m["state"] in ACTIVE:
+            time.sleep(0.5)
+            m = client.get(f"/v1/migrations/{m['id']}")
+            detail = f"{m['state']} pass {m['passes'] or 0}"
+            if m["throughput_mbps"]:
+                detail += f" {m['throughput_mbps']:.0f} Mbit/s"
+            bar.update(
+                task, total=m["bytes_total"] or None, completed=m["bytes_sent"] or 0, detail=detail
+            )
+    return m
+
+
+def _seconds(m: dict[str, Any]) -> str:
+    if not (m["finished_at"] and m["started_at"]):
+        return "-"
+    from datetime import datetime  # noqa: PLC0415
+
+    span = datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])
+    return f"{span.total_seconds():.1f}s"
+
+
+def _summary(m: dict[str, Any]) -> None:
+    fields(
+        [
+            ("migration", m["id"]),
+            ("instance", f"{m['instance']}: {m['source']} -> {m['destination'] or '-'}"),
+            ("state", styled(m["state"]) + (f": {m['error']}" if m["error"] else "")),
+            (
+                "memory",
+                f"{(m['bytes_sent'] or 0) / MIB:.0f} of {(m['bytes_total'] or 0) / MIB:.0f}"
+                f" MiB sent, {(m['bytes_remaining'] or 0) / MIB:.0f} MiB remaining",
+            ),
+            ("passes", m["passes"]),
+            ("throughput", f"{m['throughput_mbps'] or 0:.0f} Mbit/s"),
+            (
+                "downtime",
+                f"{m['downtime_ms']} ms (limit {m['downtime_limit_ms']} ms)"
+                if m["downtime_ms"] is not None
+                else f"limit {m['downtime_limit_ms']} ms",
+            ),
+            ("time", f"{when(m['started_at'])} .. {when(m['finished_at'])} ({_seconds(m)})"),
+            ("by", m["actor"]),
+        ]
+    )
+
+
+COLUMNS = [
+    ("ID", lambda m: m["id"][:8]),
+    ("INSTANCE", lambda m: m["instance"]),
+    ("FROM", lambda m: m["source"]),
+    ("TO", lambda m: m["destination"] or "-"),
+    ("STATE", lambda m: styled(m["state"])),
+    (
+        "SENT MiB",
+        lambda m: f"{(m['bytes_sent'] or 0) / MIB:.0f}/{(m['bytes_total'] or 0) / MIB:.0f}",
+    ),
+    ("DOWNTIME", lambda m: f"{m['downtime_ms']} ms" if m["downtime_ms"] is not None else "-"),
+    ("ERROR", lambda m: m["error"] or ""),
+]
+
+
+def _resolve(client: Api, prefix: str) -> dict[str, Any]:
+    """A migration by id or unique id prefix (as `list` shows them)."""
+    matches = [m for m in client.get("/v1/migrations", limit=1000) if m["id"].startswith(prefix)]
+    if len(matches) != 1:
+        raise CliError(f"{'no' if not matches else 'more than one'} migration matches {prefix!r}")
+    return dict(matches[0])
+
+
+@app.command("list")
+def list_migrations(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only this state")] = None,
+    host: Annotated[str | None, typer.Option(help="from or to this host")] = None,
+    instance: Annotated[str | None, typer.Option(help="only this instance")] = None,
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """List migrations, newest first."""
+    rows = api(ctx).get("/v1/migrations", state=state, host=host, instance=instance)
+    emit_json(rows) if fmt is Format.JSON else table(rows, COLUMNS, empty="no migrations")
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    migration: Annotated[str, typer.Argument(help="id or prefix")],
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """Show one migration with its progress."""
+    m = _resolve(api(ctx), migration)
+    emit_json(m) if fmt is Format.JSON else _summary(m)
+
+
+@app.command("abort")
+def abort(
+    ctx: typer.Context,
+    migration: Annotated[str, typer.Argument(help="id or prefix")],
+    wait: Annotated[bool, typer.Option("--wait", help="until it has ended")] = False,
+) -> None:
+    """Abort a migration: the instance keeps running where it was."""
+    client = api(ctx)
+    m = client.post(f"/v1/migrations/{_resolve(client, migration)['id']}/abort")
+    if wait:
+        while m["state"] in ACTIVE:
+            time.sleep(0.5)
+            m = client.get(f"/v1/migrations/{m['id']}")
+    console.print(f"migration {m['id'][:8]} of {m['instance']}: {m['state']}")
