@@ -20,30 +20,14 @@ import httpx
 import pytest
 
 from tests.cli.live import FERRY
+from tests.lab import support
+from tests.lab.support import answers, ferry, ping, running_lab
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, taps)"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU installed"),
 ]
 PREFIX = "flt"  # not the default 'fry', so a developer's own lab is never touched
-
-
-def ferry(*args: str, lab: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    env.update(_lab_env(lab))
-    return subprocess.run(
-        [FERRY, *args], env=env, capture_output=True, text=True, timeout=600, check=check
-    )
-
-
-def _lab_env(lab: Path) -> dict[str, str]:
-    record = lab / "lab.json"
-    if not record.exists():
-        return {}
-    out = subprocess.run(
-        [FERRY, "lab", "env", "--dir", str(lab)], capture_output=True, text=True, check=True
-    ).stdout
-    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
 
 
 def instances(lab: Path) -> list[dict[str, Any]]:
@@ -53,63 +37,14 @@ def instances(lab: Path) -> list[dict[str, Any]]:
     return result
 
 
-def ping(ip: str, count: int = 3) -> bool:
-    return (
-        subprocess.run(
-            ["ping", "-c", str(count), "-W", "2", "-i", "0.3", ip], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-
-
-def answers(ip: str, within: float = 60.0) -> bool:
-    """The guest answers ping within `within` seconds (it boots after QEMU starts)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if ping(ip, count=1):
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def qemu_pids(lab: Path) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-f", f"qemu-system.*{lab}"], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(pid) for pid in out.split()]
-
-
-def namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{PREFIX}-")]
+    return support.qemu_pids(str(lab))
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    lab_dir = tmp_path_factory.mktemp("lab")
-    try:
-        up = ferry(
-            "lab",
-            "up",
-            "--hosts",
-            "2",
-            "--instances",
-            "2",
-            "--link-mbit",
-            "1000",
-            "--prefix",
-            PREFIX,
-            "--dir",
-            str(lab_dir),
-            lab=lab_dir,
-            check=False,
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
+    with running_lab(tmp_path_factory.mktemp("lab"), PREFIX, hosts=2, instances=2) as lab_dir:
         yield lab_dir
-    finally:
-        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", PREFIX, lab=lab_dir, check=False)
-    assert namespaces() == []
-    assert qemu_pids(lab_dir) == []
 
 
 def test_instances_boot_on_both_hosts_and_answer_ping(lab: Path) -> None:

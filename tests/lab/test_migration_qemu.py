@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -27,7 +26,18 @@ import httpx
 import pytest
 
 from ferry.pki.ca import init_ca, issue
-from tests.cli.live import FERRY
+from tests.lab.support import (
+    Pinger,
+    answers,
+    ferry,
+    ferry_json,
+    namespace_of,
+    page,
+    ping,
+    qemu_pids,
+    running_lab,
+    taps,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, taps)"),
@@ -35,55 +45,11 @@ pytestmark = [
 ]
 PREFIX = "flm"  # not the default 'fry' nor test_lab_cluster's 'flt'
 GATEWAY = "198.19.0.1"
-PROBE_INTERVAL = 0.02  # seconds between pings during a migration
 MAX_LOST_PROBES = 50  # 1 s: generous, TCG is slow and the machine may be busy
-RANGE_WAIT = 900.0  # seconds to wait for another lab to release 198.18.0.0/15
 MIB = 2**20
 
 
 # -- the lab -----------------------------------------------------------------------------------
-
-
-def ferry(*args: str, lab: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    if (lab / "lab.json").exists():
-        out = subprocess.run(
-            [FERRY, "lab", "env", "--dir", str(lab)], capture_output=True, text=True, check=True
-        ).stdout
-        for line in out.splitlines():
-            key, value = line.removeprefix("export ").split("=", 1)
-            env[key] = value
-    return subprocess.run(
-        [FERRY, *args], env=env, capture_output=True, text=True, timeout=600, check=check
-    )
-
-
-def namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{PREFIX}-")]
-
-
-def qemu_pids(pattern: str) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-f", f"qemu-system.*{pattern}"], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(pid) for pid in out.split()]
-
-
-def namespace_of(pid: int) -> str:
-    out = subprocess.run(
-        ["ip", "netns", "identify", str(pid)], capture_output=True, text=True, check=True
-    ).stdout
-    return out.strip()
-
-
-def taps(ns: str) -> str:
-    return subprocess.run(
-        ["ip", "-n", ns, "-o", "link", "show", "type", "tun"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @dataclass
@@ -112,38 +78,13 @@ class Lab:
         return str(self.hosts[host]["migration_address"])
 
 
-def _lab_up(lab_dir: Path) -> None:
-    """`ferry lab up`, waiting while another lab owns the address range."""
-    deadline = time.monotonic() + RANGE_WAIT
-    while True:
-        up = ferry(
-            "lab", "up", "--hosts", "2", "--instances", "0", "--link-mbit", "1000",
-            "--prefix", PREFIX, "--dir", str(lab_dir), lab=lab_dir, check=False,
-        )  # fmt: skip
-        if up.returncode == 0:
-            return
-        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", PREFIX, lab=lab_dir, check=False)
-        if "lab range" not in up.stdout + up.stderr or time.monotonic() > deadline:
-            pytest.fail(f"lab up failed: {up.stdout}{up.stderr}")
-        time.sleep(15)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab_dir = tmp_path_factory.mktemp("lab")
-    try:
-        _lab_up(lab_dir)
-        hosts = {
-            name: json.loads(ferry("host", "show", name, "-f", "json", lab=lab_dir).stdout)
-            for name in ("host1", "host2")
-        }
+    with running_lab(tmp_path_factory.mktemp("lab"), PREFIX, hosts=2) as lab_dir:
+        hosts = {name: ferry_json("host", "show", name, lab=lab_dir) for name in ("host1", "host2")}
         the_lab = Lab(lab_dir, hosts)
         yield the_lab
         the_lab.http.close()
-    finally:
-        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", PREFIX, lab=lab_dir, check=False)
-    assert namespaces() == []
-    assert qemu_pids(str(lab_dir)) == []
 
 
 # -- guests ------------------------------------------------------------------------------------
@@ -158,26 +99,6 @@ class Guest:
     @property
     def id(self) -> str:
         return str(self.spec["id"])
-
-
-def ping(ip: str, count: int = 3) -> bool:
-    argv = ["ping", "-c", str(count), "-W", "2", "-i", "0.3", ip]
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
-
-
-def answers(ip: str, within: float = 60.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if ping(ip, count=1):
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def page(ip: str) -> dict[str, str]:
-    """The guest's / page: name, ip, uptime, requests, boot_id."""
-    text = httpx.get(f"http://{ip}/", timeout=10).text
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 @pytest.fixture
@@ -205,32 +126,6 @@ def guest(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Guest]:
         ferry("instance", "delete", name, "--wait", "--timeout", "30", lab=lab.dir, check=False)
         for host in lab.hosts:
             lab.agent(host, "DELETE", f"/v1/guests/{inst['id']}")
-
-
-class Pinger:
-    """`ping -i 0.02` from the root namespace; counts the probes that got no answer."""
-
-    def __init__(self, ip: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ping", "-n", "-i", str(PROBE_INTERVAL), "-W", "1", ip],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-
-    def stop(self) -> tuple[int, int, int]:
-        """(probes answered, probes lost, longest run of lost probes); probes still in flight
-        when it stops are not counted."""
-        self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=10)
-        seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", out)})
-        assert seqs, f"no answers at all:\n{out[-500:]}"
-        missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
-        longest = run = 0
-        for prev, cur in zip([0, *missing], missing, strict=False):
-            run = run + 1 if cur == prev + 1 else 1
-            longest = max(longest, run)
-        return len(seqs), len(missing), longest
 
 
 # -- migration over the agents' APIs -----------------------------------------------------------
@@ -321,17 +216,16 @@ def test_live_migration_moves_the_guest_without_a_reboot(lab: Lab, guest: Guest)
     gone = lab.agent("host1", "POST", f"/v1/guests/{guest.id}/migration/finish-source")
     assert gone.status_code == 204, gone.text
     time.sleep(1)
-    answered, lost, longest = pinger.stop()
+    blackout = pinger.stop()
 
     print(
         f"\nmigration: {migrated:.2f} s wall, QEMU total {final['total_time_ms']} ms, "
         f"downtime {final['downtime_ms']} ms, {final['transferred_bytes'] / MIB:.1f} MiB "
         f"of {final['total_bytes'] / MIB:.0f} MiB in {final['passes']} passes; "
-        f"ping: {answered} answered, {lost} lost, longest gap {longest} probes "
-        f"= {longest * PROBE_INTERVAL * 1000:.0f} ms blackout"
+        f"ping: {blackout}"
     )
     assert any(r["total_bytes"] > 0 and r["transferred_bytes"] > 0 for r in readings)
-    assert lost <= MAX_LOST_PROBES, f"{lost} probes lost"
+    assert blackout.lost <= MAX_LOST_PROBES, blackout
     after = page(guest.ip)
     assert after["boot_id"] == before["boot_id"]  # migrated, not rebooted
     assert after["ip"] == before["ip"] and after["name"] == guest.name

@@ -1,0 +1,169 @@
+"""What the lab test modules share: the `ferry` CLI against a lab, the lab's life, guests' pages,
+namespaces and QEMU processes, and a 20 ms pinger that measures a blackout."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cli.live import FERRY
+
+RANGE_WAIT = 900.0  # seconds to wait for another lab to release 198.18.0.0/15
+PROBE_INTERVAL = 0.02  # seconds between the pinger's probes
+
+
+def lab_env(lab: Path) -> dict[str, str]:
+    """FERRY_URL, FERRY_TOKEN_FILE and FERRY_CA of the lab in `lab`, once it is up."""
+    if not (lab / "lab.json").exists():
+        return {}
+    out = subprocess.run(
+        [FERRY, "lab", "env", "--dir", str(lab)], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+def ferry(*args: str, lab: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `ferry` console script, pointed at the lab."""
+    env = {**os.environ, "COLUMNS": "200", **lab_env(lab)}
+    return subprocess.run(
+        [FERRY, *args], env=env, capture_output=True, text=True, timeout=600, check=check
+    )
+
+
+def ferry_json(*args: str, lab: Path) -> Any:
+    return json.loads(ferry(*args, "-f", "json", lab=lab).stdout)
+
+
+def namespaces(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{prefix}-")]
+
+
+def qemu_pids(pattern: str) -> list[int]:
+    """QEMU processes whose command line contains `pattern` (a lab dir, an instance id)."""
+    out = subprocess.run(
+        ["pgrep", "-f", f"qemu-system.*{pattern}"], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def namespace_of(pid: int) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "identify", str(pid)], capture_output=True, text=True, check=True
+    ).stdout
+    return out.strip()
+
+
+def taps(ns: str) -> str:
+    """The tap devices in namespace `ns`, as `ip -o link` lines ("" when there is none)."""
+    return subprocess.run(
+        ["ip", "-n", ns, "-o", "link", "show", "type", "tun"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@contextmanager
+def running_lab(lab_dir: Path, prefix: str, hosts: int, instances: int = 0) -> Iterator[Path]:
+    """`ferry lab up` (waiting while another lab owns the address range), then always
+    `ferry lab down`, checking that no namespace and no QEMU of the lab is left."""
+    try:
+        _lab_up(lab_dir, prefix, hosts, instances)
+        yield lab_dir
+    finally:
+        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", prefix, lab=lab_dir, check=False)
+    assert namespaces(prefix) == []
+    assert qemu_pids(str(lab_dir)) == []
+
+
+def _lab_up(lab_dir: Path, prefix: str, hosts: int, instances: int) -> None:
+    deadline = time.monotonic() + RANGE_WAIT
+    while True:
+        up = ferry(
+            "lab", "up", "--hosts", str(hosts), "--instances", str(instances),
+            "--link-mbit", "1000", "--prefix", prefix, "--dir", str(lab_dir),
+            lab=lab_dir, check=False,
+        )  # fmt: skip
+        if up.returncode == 0:
+            return
+        ferry("lab", "down", "--dir", str(lab_dir), "--prefix", prefix, lab=lab_dir, check=False)
+        if "lab range" not in up.stdout + up.stderr or time.monotonic() > deadline:
+            pytest.fail(f"lab up failed: {up.stdout}{up.stderr}")
+        time.sleep(15)
+
+
+def ping(ip: str, count: int = 3) -> bool:
+    argv = ["ping", "-c", str(count), "-W", "2", "-i", "0.3", ip]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def answers(ip: str, within: float = 60.0) -> bool:
+    """The guest answers ping within `within` seconds (it boots after QEMU starts)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if ping(ip, count=1):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def page(ip: str, path: str = "/") -> dict[str, str]:
+    """A guest page as a dict: `/` has name, ip, uptime, requests, boot_id; `/dirty` the
+    dirtier's state."""
+    text = httpx.get(f"http://{ip}{path}", timeout=10).text
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@dataclass(frozen=True)
+class Blackout:
+    answered: int
+    lost: int
+    longest_gap: int  # the longest run of consecutive lost probes
+
+    @property
+    def ms(self) -> float:
+        return self.longest_gap * PROBE_INTERVAL * 1000
+
+    def __str__(self) -> str:
+        return (
+            f"{self.answered} probes answered, {self.lost} lost, longest gap "
+            f"{self.longest_gap} probes = {self.ms:.0f} ms blackout"
+        )
+
+
+class Pinger:
+    """`ping -i 0.02` from the root namespace; counts the probes that got no answer."""
+
+    def __init__(self, ip: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ping", "-n", "-i", str(PROBE_INTERVAL), "-W", "1", ip],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def stop(self) -> Blackout:
+        """Probes still in flight when it stops are not counted."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", out)})
+        assert seqs, f"no answers at all:\n{out[-500:]}"
+        missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
+        longest = run = 0
+        for prev, cur in zip([0, *missing], missing, strict=False):
+            run = run + 1 if cur == prev + 1 else 1
+            longest = max(longest, run)
+        return Blackout(len(seqs), len(missing), longest)

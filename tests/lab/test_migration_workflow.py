@@ -1,0 +1,308 @@
+"""The whole migration workflow on real QEMU guests: `ferry instance migrate` asks the controller,
+whose reconciler drives both agents (incoming QEMU, TLS stream, convergence policy, switchover,
+cleanup) while the tests watch the guest from outside: ping every 20 ms, its HTTP page (boot id,
+IP), the dirtier's page, the QEMU processes and taps in each host's namespace, and the records.
+
+Needs root and qemu-system-x86_64. One 3-host lab (prefix "flw") serves the module; each test
+boots its own instances on host1 and deletes them wherever they end up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.lab.support import (
+    Pinger,
+    answers,
+    ferry,
+    ferry_json,
+    namespace_of,
+    page,
+    ping,
+    qemu_pids,
+    running_lab,
+    taps,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, taps)"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU installed"),
+]
+PREFIX = "flw"  # not the default 'fry', nor the other lab modules' prefixes
+MAX_LOST_PROBES = 50  # 1 s of 20 ms probes: generous, TCG is slow and the machine may be busy
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with running_lab(tmp_path_factory.mktemp("lab"), PREFIX, hosts=3) as lab_dir:
+        ferry("flavor", "create", "busy", "--vcpus", "1", "--ram-mb", "160", lab=lab_dir)
+        yield lab_dir
+
+
+@dataclass
+class Vm:
+    name: str
+    id: str
+    ip: str
+
+
+@pytest.fixture
+def boot(lab: Path) -> Iterator[Callable[..., Vm]]:
+    """boot(name, dirty=0, flavor="tiny"): an instance on host1 that answers ping."""
+    made: list[str] = []
+
+    def _boot(name: str, dirty: int = 0, flavor: str = "tiny") -> Vm:
+        made.append(name)
+        ferry("instance", "create", name, "--flavor", flavor, "--network", "lab",
+              "--host", "host1", "--dirty-rate", str(dirty), "--wait", lab=lab)  # fmt: skip
+        inst = ferry_json("instance", "show", name, lab=lab)
+        vm = Vm(name, inst["id"], inst["ports"][0]["ip"])
+        assert answers(vm.ip), f"{name} does not answer ping"
+        return vm
+
+    yield _boot
+    for name in made:
+        ferry("instance", "delete", name, "--wait", "--timeout", "60", lab=lab, check=False)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], within: float = 120.0) -> T:
+    deadline = time.monotonic() + within
+    while (value := probe()) is None:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+    return value
+
+
+def migration(lab: Path, ident: str) -> dict[str, Any]:
+    found: dict[str, Any] = ferry_json("migration", "show", ident, lab=lab)
+    return found
+
+
+def start(lab: Path, vm: Vm, *policy: str) -> dict[str, Any]:
+    """`ferry instance migrate` without --wait: the new migration record."""
+    args = [arg for pair in policy for arg in ("--policy", pair)]
+    started: dict[str, Any] = ferry_json("instance", "migrate", vm.name, *args, lab=lab)
+    return started
+
+
+def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        m = migration(lab, ident)
+        return m if m["state"] in ("completed", "failed", "cancelled") else None
+
+    return wait_for(f"migration {ident} to end", probe, within)
+
+
+def streaming(lab: Path, ident: str, at_least: int = 2 * 2**20) -> dict[str, Any]:
+    """Once the migration runs and has sent `at_least` bytes."""
+
+    def probe() -> dict[str, Any] | None:
+        m = migration(lab, ident)
+        assert m["state"] in ("scheduled", "preparing", "running"), m
+        return m if m["state"] == "running" and (m["bytes_sent"] or 0) >= at_least else None
+
+    return wait_for(f"migration {ident} to stream", probe, 60)
+
+
+def host_of(lab: Path, vm: Vm) -> str:
+    return str(ferry_json("instance", "show", vm.name, lab=lab)["host"])
+
+
+def instance_counts(lab: Path) -> dict[str, int]:
+    return {h["name"]: h["instances"] for h in ferry_json("host", "list", lab=lab)}
+
+
+def namespace(host: str) -> str:
+    return f"{PREFIX}-h{host.removeprefix('host')}"
+
+
+def assert_runs_only_on(lab: Path, vm: Vm, host: str) -> None:
+    """One QEMU of the instance, in `host`'s namespace; no tap left anywhere else; the
+    instance record and the hosts' counts agree."""
+    pids = qemu_pids(vm.id)
+    assert len(pids) == 1, pids
+    assert namespace_of(pids[0]) == namespace(host)
+    for other in ("host1", "host2", "host3"):
+        if other != host:
+            assert vm.id[:8] not in taps(namespace(other)), taps(namespace(other))
+    assert host_of(lab, vm) == host
+    assert instance_counts(lab)[host] >= 1
+
+
+def events(lab: Path, ident: str) -> list[str]:
+    found = ferry_json("event", "list", "--kind", "migration", "--limit", "200", lab=lab)
+    return [e["kind"] for e in found if e.get("migration_id") == ident]
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_idle_instance_moves_with_a_short_blackout(lab: Path, boot: Callable[..., Vm]) -> None:
+    vm = boot("idle")
+    before = page(vm.ip)
+    counts = instance_counts(lab)
+    pinger = Pinger(vm.ip)
+    time.sleep(1)
+    m = ferry_json("instance", "migrate", vm.name, "--wait", lab=lab)  # the scheduler picks
+    time.sleep(1)
+    blackout = pinger.stop()
+
+    print(
+        f"\nidle migration {m['source']} -> {m['destination']}: downtime {m['downtime_ms']} ms, "
+        f"{(m['bytes_sent'] or 0) / 2**20:.0f} of {m['bytes_total'] / 2**20:.0f} MiB, "
+        f"{m['passes']} passes; ping: {blackout}"
+    )
+    assert m["state"] == "completed", m
+    assert m["source"] == "host1" and m["destination"] in ("host2", "host3")
+    assert m["downtime_ms"] is not None and m["bytes_total"] >= 128 * 2**20
+    assert blackout.lost <= MAX_LOST_PROBES, blackout
+    after = page(vm.ip)  # the TCP endpoint answers, at the same IP, without a reboot
+    assert (after["ip"], after["boot_id"]) == (before["ip"], before["boot_id"])
+    assert_runs_only_on(lab, vm, m["destination"])
+    now = instance_counts(lab)
+    assert now["host1"] == counts["host1"] - 1
+    assert now[m["destination"]] == counts[m["destination"]] + 1
+    assert events(lab, m["id"]) == [
+        "migration.scheduled",
+        "migration.preparing",
+        "migration.running",
+        "migration.completed",
+    ]
+
+
+# A 160 MiB guest rewriting 40 MiB/s of memory, sent at 8 MiB/s: plain pre-copy cannot finish.
+SLOW = ("max_bandwidth_mib=8",)
+PLAIN = (*SLOW, "auto_converge=false", "downtime_ladder_ms=[300]")
+SHORT = ("min_timeout_s=20", "timeout_s_per_gib=1")
+
+
+def test_dirtying_instance_converges_under_the_default_policy(
+    lab: Path, boot: Callable[..., Vm]
+) -> None:
+    vm = boot("dirty-ac", dirty=40, flavor="busy")
+    before = page(vm.ip)
+    m = ended(lab, start(lab, vm, *SLOW, "stall_passes=2")["id"])
+    print(
+        f"\nauto-converge: {m['passes']} passes, downtime {m['downtime_ms']} ms "
+        f"(limit {m['downtime_limit_ms']} ms), {m['bytes_sent'] / 2**20:.0f} MiB sent"
+    )
+    assert m["state"] == "completed", m
+    assert m["passes"] > 2  # it took the policy, not one lucky pass
+    after = page(vm.ip)
+    assert after["boot_id"] == before["boot_id"]
+    assert page(vm.ip, "/dirty")["state"] == "running"  # still dirtying on the new host
+    assert_runs_only_on(lab, vm, m["destination"])
+
+
+def test_without_the_policy_it_ends_by_the_timeout_action(
+    lab: Path, boot: Callable[..., Vm]
+) -> None:
+    vm = boot("dirty-plain", dirty=40, flavor="busy")
+    before = page(vm.ip)
+    m = ended(lab, start(lab, vm, *PLAIN, *SHORT)["id"])
+    assert m["state"] == "failed", m
+    assert "did not complete within 20s; aborted by policy" in m["error"]
+    assert m["passes"] >= 2
+    assert page(vm.ip)["boot_id"] == before["boot_id"]
+    assert_runs_only_on(lab, vm, "host1")
+
+    rescue = start(lab, vm, *PLAIN, *SHORT, "postcopy=true", "on_timeout=postcopy")
+    m = ended(lab, rescue["id"])
+    print(f"\npost-copy rescue: downtime {m['downtime_ms']} ms after {m['passes']} passes")
+    assert m["state"] == "completed", m
+    assert "migration.postcopy" in events(lab, m["id"])
+    assert page(vm.ip)["boot_id"] == before["boot_id"]
+    assert_runs_only_on(lab, vm, m["destination"])
+
+
+def test_abort_mid_flight_keeps_the_instance_on_the_source(
+    lab: Path, boot: Callable[..., Vm]
+) -> None:
+    vm = boot("abort-me")
+    before, counts = page(vm.ip), instance_counts(lab)
+    m = streaming(lab, start(lab, vm, "max_bandwidth_mib=1")["id"])
+    out = ferry("migration", "abort", m["id"][:8], lab=lab)
+    assert f"migration {m['id'][:8]} of abort-me" in out.stdout, out.stdout
+    m = ended(lab, m["id"], within=60)
+    assert (m["state"], m["error"]) == ("cancelled", "aborted on request")
+    assert page(vm.ip)["boot_id"] == before["boot_id"] and ping(vm.ip)
+    assert_runs_only_on(lab, vm, "host1")
+    assert instance_counts(lab) == counts  # the destination's claim is released
+
+
+def test_destination_qemu_killed_mid_flight(lab: Path, boot: Callable[..., Vm]) -> None:
+    vm = boot("lose-dest")
+    before, counts = page(vm.ip), instance_counts(lab)
+    m = streaming(lab, start(lab, vm, "max_bandwidth_mib=1")["id"])
+    target = [p for p in qemu_pids(vm.id) if namespace_of(p) == namespace(m["destination"])]
+    assert len(target) == 1, target
+    os.kill(target[0], signal.SIGKILL)
+    m = ended(lab, m["id"], within=60)
+    print(f"\ndestination killed: {m['state']}: {m['error']}")
+    assert m["state"] == "failed" and m["error"], m
+    assert page(vm.ip)["boot_id"] == before["boot_id"] and ping(vm.ip)
+    assert_runs_only_on(lab, vm, "host1")
+    assert instance_counts(lab) == counts
+    rundir = lab / "hosts" / m["destination"] / "run" / vm.id
+    assert not rundir.exists()
+
+
+def restart_controller(lab: Path) -> int:
+    """SIGKILL the lab's controller and start it again with the same command line and
+    environment; returns the new pid."""
+    pid = int(_lab_record(lab)["controller_pid"])
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    env_raw = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in env_raw)
+    os.kill(pid, signal.SIGKILL)
+    with (lab / "controller.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [a.decode() for a in argv],
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _save_controller_pid(lab, proc.pid)
+    return proc.pid
+
+
+def _lab_record(lab: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((lab / "lab.json").read_text())
+    return record
+
+
+def _save_controller_pid(lab: Path, pid: int) -> None:
+    record = _lab_record(lab)
+    record["controller_pid"] = pid
+    (lab / "lab.json").write_text(json.dumps(record, indent=2))
+
+
+def test_controller_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -> None:
+    vm = boot("survivor")
+    before = page(vm.ip)
+    m = streaming(lab, start(lab, vm, "max_bandwidth_mib=2")["id"], at_least=1 * 2**20)
+    restart_controller(lab)
+    wait_for("the controller", lambda: True if ping_controller(lab) else None, 30)
+    m = ended(lab, m["id"])
+    print(f"\ncontroller restarted mid-migration: {m['state']} {m['error'] or ''}")
+    assert m["state"] == "completed", m
+    assert page(vm.ip)["boot_id"] == before["boot_id"]
+    assert_runs_only_on(lab, vm, m["destination"])
+
+
+def ping_controller(lab: Path) -> bool:
+    return ferry("host", "list", lab=lab, check=False).returncode == 0
