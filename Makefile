@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint unit demo clean
+.PHONY: setup test lint unit demo bench clean
 
 setup:
 	@scripts/setup.sh
@@ -20,6 +20,11 @@ lint: setup
 ## make demo: a controller with simulated hosts; one host into maintenance and back.
 demo: setup
 	@scripts/demo.sh
+
+## make bench: live migration of idle and dirtying guests in a real lab (root), against the
+## minimum time (memory / link throughput) measured in the same run.
+bench: setup
+	@scripts/bench.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from ferry.bench.probe import PROBE_INTERVAL, Blackout, blackout_of
 from tests.cli.live import FERRY
 
 RANGE_WAIT = 900.0  # seconds to wait for another lab to release 198.18.0.0/15
-PROBE_INTERVAL = 0.02  # seconds between the pinger's probes
 
 
 def lab_env(lab: Path) -> dict[str, str]:
@@ -127,23 +125,6 @@ def page(ip: str, path: str = "/") -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-@dataclass(frozen=True)
-class Blackout:
-    answered: int
-    lost: int
-    longest_gap: int  # the longest run of consecutive lost probes
-
-    @property
-    def ms(self) -> float:
-        return self.longest_gap * PROBE_INTERVAL * 1000
-
-    def __str__(self) -> str:
-        return (
-            f"{self.answered} probes answered, {self.lost} lost, longest gap "
-            f"{self.longest_gap} probes = {self.ms:.0f} ms blackout"
-        )
-
-
 class Pinger:
     """`ping -i 0.02` from the root namespace; counts the probes that got no answer."""
 
@@ -159,11 +140,4 @@ class Pinger:
         """Probes still in flight when it stops are not counted."""
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=10)
-        seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", out)})
-        assert seqs, f"no answers at all:\n{out[-500:]}"
-        missing = sorted(set(range(1, seqs[-1] + 1)) - set(seqs))
-        longest = run = 0
-        for prev, cur in zip([0, *missing], missing, strict=False):
-            run = run + 1 if cur == prev + 1 else 1
-            longest = max(longest, run)
-        return Blackout(len(seqs), len(missing), longest)
+        return blackout_of(out)

@@ -10,6 +10,7 @@ import typer
 from ferry import __version__
 from ferry.cli import (
     agent_cmd,
+    bench_cmd,
     controller_cmd,
     events,
     hosts,
@@ -41,6 +42,7 @@ app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(pki_cmd.app, name="pki")
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(lab_cmd.app, name="lab")
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# make bench: a 2-host lab with real QEMU guests, then `ferry bench migration` (idle and dirtying
+# guests, migration time and blackout against memory / link throughput measured in the same run).
+# Needs root; leaves nothing running. BENCH_RUNS (default 3) migrations per scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "make bench needs root: the lab runs QEMU guests in network namespaces" >&2
+  exit 1
+fi
+lab_dir=${BENCH_LAB_DIR:-/var/lib/ferry-lab/bench}
+prefix=fbn
+cleanup() { ferry lab down --dir "$lab_dir" --prefix "$prefix" >/dev/null 2>&1 || true; }
+cleanup
+trap cleanup EXIT
+
+ferry lab up --hosts 2 --instances 0 --link-mbit 1000 --prefix "$prefix" --dir "$lab_dir"
+ferry bench migration --dir "$lab_dir" --runs "${BENCH_RUNS:-3}"
