@@ -35,6 +35,27 @@ if [ "$driver" = qemu ]; then
   done
 fi
 
+step "Live-migrate vm1 over mutual TLS (the scheduler picks the destination), pinged every 20 ms"
+vm1_ip=$(ferry instance show vm1 -f json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ports"][0]["ip"])')
+if [ "$driver" = qemu ]; then
+  ping -n -i 0.02 -W 1 "$vm1_ip" >/tmp/ferry-demo-ping.$$ 2>&1 &
+  pinger=$!
+  sleep 1
+fi
+run ferry instance migrate vm1 --wait
+if [ "$driver" = qemu ]; then
+  sleep 1
+  kill -INT "$pinger"; wait "$pinger" || true
+  python3 - "/tmp/ferry-demo-ping.$$" <<'PY'
+import sys
+from ferry.bench.probe import blackout_of
+print(f"ping every 20 ms during the migration: {blackout_of(open(sys.argv[1]).read())}")
+PY
+  rm -f "/tmp/ferry-demo-ping.$$"
+  printf 'vm1 still at %s: ' "$vm1_ip"; ping -c 3 -i 0.3 -W 2 "$vm1_ip" | tail -1
+fi
+run ferry migration list
+
 step "Preview maintenance on host1 (dry run: nothing changes)"
 run ferry host maintenance enter host1 --reason "BIOS update" --dry-run
 

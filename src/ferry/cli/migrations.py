@@ -47,7 +47,7 @@ def migrate(
     client = api(ctx)
     m = client.post(f"/v1/instances/{name}/migrate", {"host": host, "policy": _policy(policy)})
     if wait:
-        m = _follow(client, m)
+        m = _follow(client, m, quiet=fmt is Format.JSON)
     if fmt is Format.JSON:
         emit_json(m)
     else:
@@ -56,7 +56,20 @@ def migrate(
         raise CliError(f"migration of {name} {m['state']}: {m['error']}")
 
 
-def _follow(client: Api, m: dict[str, Any]) -> dict[str, Any]:
+def _detail(m: dict[str, Any]) -> str:
+    detail = f"{m['state']} pass {m['passes'] or 0}"
+    if m["throughput_mbps"]:
+        detail += f" {m['throughput_mbps']:.0f} Mbit/s"
+    if m["dirty_rate"]:
+        detail += f" dirtying {m['dirty_rate'] / MIB:.0f} MiB/s"
+    return detail
+
+
+def _follow(client: Api, m: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    """Poll until the migration ends: a live bar on a terminal, a line per second otherwise
+    (none when `quiet`: JSON follows on stdout)."""
+    if quiet or not console.is_terminal:
+        return _follow_lines(client, m, quiet=quiet)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -71,12 +84,28 @@ def _follow(client: Api, m: dict[str, Any]) -> dict[str, Any]:
         while m["state"] in ACTIVE:
             time.sleep(0.5)
             m = client.get(f"/v1/migrations/{m['id']}")
-            detail = f"{m['state']} pass {m['passes'] or 0}"
-            if m["throughput_mbps"]:
-                detail += f" {m['throughput_mbps']:.0f} Mbit/s"
             bar.update(
-                task, total=m["bytes_total"] or None, completed=m["bytes_sent"] or 0, detail=detail
+                task,
+                total=m["bytes_total"] or None,
+                completed=m["bytes_sent"] or 0,
+                detail=_detail(m),
             )
+    return m
+
+
+def _follow_lines(client: Api, m: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
+    shown = ""
+    while m["state"] in ACTIVE:
+        line = (
+            f"{m['instance']} {m['source']} -> {m['destination']}: "
+            f"{(m['bytes_sent'] or 0) / MIB:.0f}/{(m['bytes_total'] or 0) / MIB:.0f} MiB "
+            f"{_detail(m)}"
+        )
+        if line != shown and not quiet:
+            console.print(line)
+            shown = line
+        time.sleep(1.0)
+        m = client.get(f"/v1/migrations/{m['id']}")
     return m
 
 
@@ -101,12 +130,14 @@ def _summary(m: dict[str, Any]) -> None:
                 f" MiB sent, {(m['bytes_remaining'] or 0) / MIB:.0f} MiB remaining",
             ),
             ("passes", m["passes"]),
+            ("dirty rate", f"{(m['dirty_rate'] or 0) / MIB:.0f} MiB/s"),
             ("throughput", f"{m['throughput_mbps'] or 0:.0f} Mbit/s"),
             (
                 "downtime",
                 f"{m['downtime_ms']} ms (limit {m['downtime_limit_ms']} ms)"
                 if m["downtime_ms"] is not None
-                else f"limit {m['downtime_limit_ms']} ms",
+                else f"limit {m['downtime_limit_ms']} ms, expected "
+                f"{m['expected_downtime_ms'] or 0} ms",
             ),
             ("time", f"{when(m['started_at'])} .. {when(m['finished_at'])} ({_seconds(m)})"),
             ("by", m["actor"]),
