@@ -54,6 +54,10 @@ class AgentClient:
         response = await self._call("GET", f"{agent_url}/v1/guests")
         return [GuestReport.model_validate(g) for g in response.json()]
 
+    async def guest(self, agent_url: str, instance_id: str) -> GuestReport | None:
+        """The instance as this agent's host has it, or None when the host holds no copy."""
+        return next((g for g in await self.guests(agent_url) if g.id == instance_id), None)
+
     async def incoming(self, agent_url: str, body: IncomingIn) -> GuestReport:
         url = f"{agent_url}/v1/guests/{body.spec.id}/incoming"
         response = await self._call("POST", url, json=body.model_dump())

@@ -208,6 +208,9 @@ class Migration(Base):
     expected_downtime_ms: Mapped[int | None]
     downtime_ms: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # "source" or "destination": that end still holds a copy the reconciler keeps removing
+    # (finish_source after a completed move, abort after an unwind) until its agent answers.
+    leftover: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -34,6 +34,9 @@ class EventKind(StrEnum):
     MIGRATION_FAILED = "migration.failed"
     MIGRATION_CANCELLED = "migration.cancelled"
     MIGRATION_ABORT_REQUESTED = "migration.abort_requested"
+    MIGRATION_WAITING = "migration.waiting"
+    MIGRATION_LEFTOVER = "migration.leftover"
+    MIGRATION_CLEANED = "migration.cleaned"
     TOKEN_CREATED = "token.created"
     TOKEN_REVOKED = "token.revoked"
 

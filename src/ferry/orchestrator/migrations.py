@@ -1,40 +1,75 @@
-"""Drives every active migration one step per pass, from what the database says and what the
-agents report (level-triggered: after a controller restart the same code picks up each migration
-where its record stands, asking the agents what really happened).
+"""Drives every migration one step per pass, from what the database says and what the agents
+report (level-triggered: after a controller restart the same code picks up each migration where
+its record stands, asking the agents what really happened).
 
   scheduled  -> destination prepares an incoming QEMU            -> preparing
   preparing  -> source starts the TLS stream                      -> running
   running    -> progress stored each pass; convergence policy:
                 stalled passes climb the downtime ladder; the completion timeout and the
                 no-progress timeout take the policy's action (abort, or post-copy)
-  completed  -> destination runs it (announce), the instance's host changes, the source
-                claim is released, the source process removed      -> completed
-  any failure or abort -> both ends cleaned, source keeps running, claim released
+  switching  -> destination runs it (finish_destination, announce), source process removed
+                (finish_source), then one transaction: the instance's host changes, the
+                source claim is released                          -> completed
+  any failure or abort -> source abort (it keeps running), destination abort, claim released
+
+Crash safety rests on three rules:
+
+- Agent calls come before the record that they happened, and every call is idempotent, so a
+  pass interrupted anywhere is simply repeated: finish_destination returns the running guest,
+  finish_source returns when the source copy is gone, aborts of what is gone succeed.
+- Before the stream, an agent that fails a step unwinds the migration. From `running` on, when
+  the source cannot report the stream (its agent is unreachable, or the guest is no longer
+  there) or a step at either end fails, both agents are asked where the instance runs and
+  `judge` decides: the destination runs it as its own guest -> complete the move; the source runs
+  it and the destination has no incoming copy -> unwind at once; the source runs it and the stream
+  stays invisible for the policy's `no_progress_s` -> unwind (the safe direction); neither end runs
+  it -> failed, instance in error; anything else -> wait, with the reason in the migration's
+  `error` and one `migration.waiting` event per new reason. From `running` on, a migration is
+  unwound only when its source runs the guest, and committed only after the source itself
+  confirmed the abort (the guest keeps running there).
+- An end that cannot be cleaned up does not hold the migration: a completed move whose source
+  agent is unreachable, or an unwind whose destination agent is, is committed with `leftover`
+  naming that end (event `migration.leftover`), and later passes retry the removal until the agent
+  answers (event `migration.cleaned`). Records and allocations follow the instance, never the
+  leftover copy (a paused, handed-over source, or an incoming target).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.controller.agents import AgentClient, AgentUnavailable
 from ferry.db.models import Allocation, Host, Instance, Migration
 from ferry.db.types import utcnow
 from ferry.domain.convergence import ConvergencePolicy, TimeoutAction
 from ferry.domain.events import EventKind
+from ferry.domain.instance import InstanceState
 from ferry.domain.migration import MigrationAction, MigrationState
 from ferry.orchestrator.instances import guest_spec
+from ferry.orchestrator.migration_judge import Finding, Sighting, Verdict, judge
 from ferry.protocol import IncomingIn, MigrateIn, MigrationParamsIn, MigrationProgressOut, TuneIn
+from ferry.services.instances import InstanceService
 from ferry.services.migrations import ACTIVE, advance
 from ferry.services.store import Store, record
 
 log = logging.getLogger(__name__)
 PORT_BASE, PORT_SPAN = 49152, 10000
 MIB = 2**20
+
+_S = MigrationState
+STREAMING = (_S.RUNNING, _S.POSTCOPY, _S.SWITCHING)  # the source may have sent the guest
+CANCELLABLE = (_S.SCHEDULED, _S.PREPARING, _S.RUNNING)  # nothing handed over yet
+SOURCE, DESTINATION = "source", "destination"
+
+
+# -- the reconciler ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -43,10 +78,19 @@ class Job:
     instance: Instance
     source: Host
     dest: Host
+    moving_again: bool = False  # a finished migration whose instance is in flight once more
+
+    @property
+    def state(self) -> MigrationState:
+        return MigrationState(self.migration.state)
 
     @property
     def policy(self) -> ConvergencePolicy:
         return ConvergencePolicy.from_json(self.migration.policy)
+
+    @property
+    def name(self) -> str:
+        return self.instance.name
 
     def params(self) -> MigrationParamsIn:
         policy = self.policy
@@ -68,38 +112,48 @@ class MigrationReconciler:
         await asyncio.gather(*(self._drive(job) for job in jobs))
 
     async def _jobs(self) -> list[Job]:
+        """Active migrations, and finished ones that left a copy behind."""
+        query = select(Migration).where(
+            or_(Migration.state.in_(ACTIVE), Migration.leftover.is_not(None))
+        )
         async with self.store.reading() as session:
-            migrations = (
-                await session.scalars(select(Migration).where(Migration.state.in_(ACTIVE)))
-            ).all()
+            migrations = (await session.scalars(query)).all()
+            moving = {m.instance_id for m in migrations if m.state in ACTIVE}
             jobs = []
             for m in migrations:
                 instance = await session.get(Instance, m.instance_id)
                 source = await session.get(Host, m.source_host_id)
                 dest = await session.get(Host, m.dest_host_id) if m.dest_host_id else None
+                again = m.state not in ACTIVE and m.instance_id in moving
                 if instance and source and dest:
-                    jobs.append(Job(m, instance, source, dest))
+                    jobs.append(Job(m, instance, source, dest, again))
             for job in jobs:
                 job.instance.ports  # noqa: B018 - load while the session is open
         return jobs
 
     async def _drive(self, job: Job) -> None:
-        state = MigrationState(job.migration.state)
         try:
-            if job.migration.cancel_requested and state is not MigrationState.POSTCOPY:
-                await self._unwind(job, MigrationAction.CANCEL, "aborted on request")
-            elif state is MigrationState.SCHEDULED:
-                await self._prepare(job)
-            elif state is MigrationState.PREPARING:
-                await self._start(job)
-            elif state in (MigrationState.RUNNING, MigrationState.POSTCOPY):
-                await self._monitor(job)
-            elif state is MigrationState.SWITCHING:
-                await self._switch(job)
-        except AgentUnavailable as exc:
-            await self._agent_trouble(job, state, exc)
+            try:
+                await self._advance(job)
+            except AgentUnavailable as exc:
+                await self._recover(job, str(exc))
         except Exception:
             log.exception("migration %s: step failed; retrying next pass", job.migration.id)
+
+    async def _advance(self, job: Job) -> None:
+        state = job.state
+        if job.migration.leftover is not None and state.value not in ACTIVE:
+            await self._clean_up(job)
+        elif job.migration.cancel_requested and state in CANCELLABLE:
+            await self._cancel(job)
+        elif state is _S.SCHEDULED:
+            await self._prepare(job)
+        elif state is _S.PREPARING:
+            await self._start(job)
+        elif state in (_S.RUNNING, _S.POSTCOPY):
+            await self._monitor(job)
+        elif state is _S.SWITCHING:
+            await self._switch(job)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -113,7 +167,7 @@ class MigrationReconciler:
             job,
             MigrationAction.PREPARE,
             EventKind.MIGRATION_PREPARING,
-            f"{job.dest.name} is ready to receive {job.instance.name} on {port}",
+            f"{job.dest.name} is ready to receive {job.name} on {port}",
             dest_port=port,
         )
 
@@ -135,7 +189,7 @@ class MigrationReconciler:
             job,
             MigrationAction.START,
             EventKind.MIGRATION_RUNNING,
-            f"{job.instance.name} streaming from {job.source.name} to {job.dest.name} over TLS",
+            f"{job.name} streaming from {job.source.name} to {job.dest.name} over TLS",
             started_at=utcnow(),
             progress_at=utcnow(),
         )
@@ -144,14 +198,8 @@ class MigrationReconciler:
         progress = await self.agents.progress(self._url(job.source), job.instance.id)
         await self._store_progress(job, progress)
         if progress.status == "completed":
-            await self._update(
-                job,
-                MigrationAction.SWITCHOVER
-                if job.migration.state == MigrationState.RUNNING
-                else None,
-                None,
-                "",
-            )
+            if job.state is _S.RUNNING:
+                await self._update(job, MigrationAction.SWITCHOVER, None, "")
             await self._switch(job)
         elif progress.status in ("failed", "cancelled", "none"):
             await self._unwind(
@@ -159,7 +207,7 @@ class MigrationReconciler:
                 MigrationAction.FAIL,
                 progress.error or f"the source reports the migration {progress.status}",
             )
-        elif job.migration.state == MigrationState.RUNNING:
+        elif job.state is _S.RUNNING:
             await self._converge(job, progress)
 
     async def _converge(self, job: Job, progress: MigrationProgressOut) -> None:
@@ -172,21 +220,26 @@ class MigrationReconciler:
         elif m.progress_at and now - m.progress_at > timedelta(seconds=policy.no_progress_s):
             await self._timeout(job, f"no bytes moved for {policy.no_progress_s:g}s")
         elif progress.passes - m.escalated_at_pass >= policy.stall_passes + 1:
-            current = m.downtime_limit_ms or policy.downtime_ladder_ms[0]
-            step = policy.next_downtime(current)
-            if step is not None:
-                await self.agents.tune(
-                    self._url(job.source), job.instance.id, TuneIn(downtime_limit_ms=step)
-                )
-                await self._update(
-                    job,
-                    None,
-                    EventKind.MIGRATION_ESCALATED,
-                    f"{job.instance.name}: {progress.passes} passes without "
-                    f"converging; downtime limit {current} -> {step} ms",
-                    downtime_limit_ms=step,
-                    escalated_at_pass=progress.passes,
-                )
+            await self._escalate(job, progress)
+
+    async def _escalate(self, job: Job, progress: MigrationProgressOut) -> None:
+        policy = job.policy
+        current = job.migration.downtime_limit_ms or policy.downtime_ladder_ms[0]
+        step = policy.next_downtime(current)
+        if step is None:
+            return
+        await self.agents.tune(
+            self._url(job.source), job.instance.id, TuneIn(downtime_limit_ms=step)
+        )
+        await self._update(
+            job,
+            None,
+            EventKind.MIGRATION_ESCALATED,
+            f"{job.name}: {progress.passes} passes without converging; "
+            f"downtime limit {current} -> {step} ms",
+            downtime_limit_ms=step,
+            escalated_at_pass=progress.passes,
+        )
 
     async def _timeout(self, job: Job, why: str) -> None:
         if job.policy.on_timeout is TimeoutAction.POSTCOPY:
@@ -197,34 +250,156 @@ class MigrationReconciler:
                 job,
                 MigrationAction.POSTCOPY,
                 EventKind.MIGRATION_POSTCOPY,
-                f"{job.instance.name} {why}: switched to post-copy",
+                f"{job.name} {why}: switched to post-copy",
             )
         else:
             await self._unwind(job, MigrationAction.FAIL, f"{why}; aborted by policy")
 
     async def _switch(self, job: Job) -> None:
+        """Destination runs it, source copy removed, then the record: each call idempotent, so
+        a pass cut short anywhere is repeated. A source that cannot be cleaned up now does not
+        hold the move back: it is committed with the source as a leftover."""
         await self.agents.finish_destination(self._url(job.dest), job.instance.id)
+        trouble = await self._attempt(
+            lambda: self.agents.finish_source(self._url(job.source), job.instance.id)
+        )
+        await self._complete(job, trouble)
+
+    async def _cancel(self, job: Job) -> None:
+        try:
+            await self._unwind(job, MigrationAction.CANCEL, "aborted on request")
+        except AgentUnavailable:
+            if job.state is not _S.RUNNING:
+                raise
+            # The source would not abort: it handed over already, or its agent is away.
+            await self._monitor(job)
+
+    # -- when an agent does not answer as expected -----------------------------------------
+
+    async def _recover(self, job: Job, trouble: str) -> None:
+        """A step failed at an agent. Before streaming, unwind; from then on, ask both ends
+        where the instance runs and act on `judge`'s finding, or wait with the reason shown."""
+        if job.state.value not in ACTIVE:
+            return  # a leftover removal: retried next pass
+        log.debug("migration %s: %s", job.migration.id, trouble)
+        if job.state in STREAMING:
+            finding = await self._find(job)
+        else:
+            finding = Finding(Verdict.STAYED, trouble)
+        try:
+            await self._act(job, finding)
+        except AgentUnavailable as exc:
+            await self._wait(job, f"{finding.reason}; {exc}")
+
+    async def _find(self, job: Job) -> Finding:
+        source, dest = await asyncio.gather(
+            self._sight(job.source, job), self._sight(job.dest, job)
+        )
+        m = job.migration
+        last = m.progress_at or m.started_at or m.created_at
+        waited = (utcnow() - last).total_seconds()
+        return judge(job.state, source, dest, waited, job.policy.no_progress_s)
+
+    async def _sight(self, host: Host, job: Job) -> Sighting:
+        try:
+            guest = await self.agents.guest(self._url(host), job.instance.id)
+        except AgentUnavailable as exc:
+            return Sighting(host.name, trouble=str(exc))
+        return Sighting(host.name, guest.power if guest else None)
+
+    async def _act(self, job: Job, finding: Finding) -> None:
+        if finding.verdict is Verdict.MOVED:
+            await self._switch(job)
+        elif finding.verdict is Verdict.STAYED:
+            cancel = job.migration.cancel_requested and job.state in CANCELLABLE
+            action = MigrationAction.CANCEL if cancel else MigrationAction.FAIL
+            await self._unwind(job, action, finding.reason)
+        elif finding.verdict is Verdict.LOST:
+            await self._lose(job, finding.reason)
+        else:
+            await self._wait(job, finding.reason)
+
+    async def _unwind(self, job: Job, action: MigrationAction, why: str) -> None:
+        """Source keeps running the guest, destination cleaned, claim released. While streaming,
+        only once the source confirmed the abort: otherwise the guest may have moved. Before,
+        either end's confirmation stops a stream that may have begun (no target, no landing)."""
+        source_trouble = await self._attempt(
+            lambda: self.agents.abort(self._url(job.source), job.instance.id, source=True)
+        )
+        if source_trouble is not None and job.state in STREAMING:
+            raise AgentUnavailable(f"{job.source.name} could not abort: {source_trouble}")
+        dest_trouble = await self._attempt(
+            lambda: self.agents.abort(self._url(job.dest), job.instance.id, source=False)
+        )
+        if source_trouble is not None and dest_trouble is not None and job.state is _S.PREPARING:
+            raise AgentUnavailable(f"neither end could abort: {source_trouble}; {dest_trouble}")
+        leftover = (DESTINATION, dest_trouble) if dest_trouble is not None else None
+        await self._close(job, action, why, leftover=leftover)
+
+    async def _lose(self, job: Job, why: str) -> None:
+        """Neither end runs the guest: the migration failed and so did the instance."""
+        trouble = await self._attempt(
+            lambda: self.agents.abort(self._url(job.dest), job.instance.id, source=False)
+        )
+        leftover = (DESTINATION, trouble) if trouble is not None else None
+        await self._close(job, MigrationAction.FAIL, why, leftover=leftover, lost=True)
+
+    async def _wait(self, job: Job, reason: str) -> None:
+        """Show why the migration cannot go on: in its `error`, and one event per new reason."""
+        async with self.store.write() as session:
+            m = await session.get(Migration, job.migration.id)
+            if m is None or m.state not in ACTIVE or m.error == reason:
+                return
+            m.error = reason
+            record(
+                session,
+                EventKind.MIGRATION_WAITING,
+                m.actor,
+                f"migration of {job.name} to {job.dest.name} waits: {reason}",
+                host=job.source.name,
+                instance_id=job.instance.id,
+                migration_id=m.id,
+                data={"reason": reason},
+            )
+        log.warning("migration %s waits: %s", job.migration.id, reason)
+
+    async def _clean_up(self, job: Job) -> None:
+        """Retry removing the copy a finished migration left behind, until its agent answers:
+        the paused source of a completed move, or the incoming target of an unwound one."""
+        if job.moving_again:
+            return  # the newer migration may own that end's copy now: after it
+        completed = job.migration.leftover == SOURCE
+        host = job.source if completed else job.dest
+        if job.instance.host_id == host.id:  # it moved back there since: nothing stale
+            await self._cleaned(job, f"{job.name} lives on {host.name} again; nothing to remove")
+            return
+        if completed:
+            trouble = await self._attempt(
+                lambda: self.agents.finish_source(self._url(host), job.instance.id)
+            )
+        else:
+            trouble = await self._attempt(
+                lambda: self.agents.abort(self._url(host), job.instance.id, source=False)
+            )
+        if trouble is not None:
+            log.debug("migration %s: %s keeps a copy: %s", job.migration.id, host.name, trouble)
+            return
+        await self._cleaned(job, f"{host.name} no longer holds a copy of {job.name}")
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def _complete(self, job: Job, source_trouble: str | None) -> None:
+        """The destination runs the guest: the instance, its claims and the record follow."""
         async with self.store.write() as session:
             m = await session.get(Migration, job.migration.id)
             instance = await session.get(Instance, job.instance.id)
-            if (
-                m is None
-                or instance is None
-                or m.state not in (MigrationState.SWITCHING, MigrationState.POSTCOPY)
-            ):
+            if m is None or instance is None or MigrationState(m.state) not in STREAMING:
                 return
-            instance.host_id = job.dest.id
-            await session.execute(
-                delete(Allocation).where(
-                    Allocation.instance_id == instance.id, Allocation.host_id == job.source.id
-                )
-            )
-            for alloc in (
-                await session.scalars(select(Allocation).where(Allocation.migration_id == m.id))
-            ).all():
-                alloc.migration_id = None
+            if m.state == _S.RUNNING:
+                advance(m, MigrationAction.SWITCHOVER)
             advance(m, MigrationAction.COMPLETE)
-            m.finished_at = utcnow()
+            m.finished_at, m.error = utcnow(), None
+            await self._move_claims(session, m, instance, job)
             record(
                 session,
                 EventKind.MIGRATION_COMPLETED,
@@ -236,20 +411,34 @@ class MigrationReconciler:
                 migration_id=m.id,
                 data={"downtime_ms": m.downtime_ms, "source": job.source.name},
             )
-        try:
-            await self.agents.finish_source(self._url(job.source), job.instance.id)
-        except AgentUnavailable as exc:
-            log.warning("migration %s: source cleanup failed: %s", job.migration.id, exc)
+            if source_trouble is not None:
+                self._leave(session, m, job, SOURCE, source_trouble)
 
-    # -- failure ---------------------------------------------------------------------------
+    @staticmethod
+    async def _move_claims(
+        session: AsyncSession, m: Migration, instance: Instance, job: Job
+    ) -> None:
+        instance.host_id = job.dest.id
+        await session.execute(
+            delete(Allocation).where(
+                Allocation.instance_id == instance.id, Allocation.host_id == job.source.id
+            )
+        )
+        for alloc in (
+            await session.scalars(select(Allocation).where(Allocation.migration_id == m.id))
+        ).all():
+            alloc.migration_id = None
 
-    async def _unwind(self, job: Job, action: MigrationAction, why: str) -> None:
-        """Source keeps running the guest, destination cleaned, claim released."""
-        for url, source in ((self._url(job.source), True), (self._url(job.dest), False)):
-            try:
-                await self.agents.abort(url, job.instance.id, source=source)
-            except AgentUnavailable as exc:
-                log.warning("migration %s: abort on %s failed: %s", job.migration.id, url, exc)
+    async def _close(
+        self,
+        job: Job,
+        action: MigrationAction,
+        why: str,
+        *,
+        leftover: tuple[str, str] | None = None,
+        lost: bool = False,
+    ) -> None:
+        """Failed or cancelled: the instance stays on the source, the destination claim goes."""
         kind = (
             EventKind.MIGRATION_CANCELLED
             if action is MigrationAction.CANCEL
@@ -267,20 +456,54 @@ class MigrationReconciler:
                 session,
                 kind,
                 m.actor,
-                f"migration of {job.instance.name} to {job.dest.name} {m.state}: {why}",
+                f"migration of {job.name} to {job.dest.name} {m.state}: {why}",
                 host=job.source.name,
                 instance_id=job.instance.id,
                 migration_id=m.id,
                 data={"error": why},
             )
+            if leftover is not None:
+                self._leave(session, m, job, *leftover)
+            instance = await session.get(Instance, job.instance.id)
+            if lost and instance is not None and instance.state == InstanceState.RUNNING:
+                InstanceService.mark_error(session, instance, job.source.name, why)
 
-    async def _agent_trouble(self, job: Job, state: MigrationState, exc: Exception) -> None:
-        if state in (MigrationState.SCHEDULED, MigrationState.PREPARING):
-            await self._unwind(job, MigrationAction.FAIL, str(exc))
-        else:
-            log.warning("migration %s: %s (retrying)", job.migration.id, exc)
+    @staticmethod
+    def _leave(session: AsyncSession, m: Migration, job: Job, end: str, why: str) -> None:
+        host = job.source if end == SOURCE else job.dest
+        m.leftover = end
+        note = f"{host.name} still holds a copy of {job.name}; removing it when it answers: {why}"
+        if m.state == _S.COMPLETED:
+            m.error = note
+        record(
+            session,
+            EventKind.MIGRATION_LEFTOVER,
+            m.actor,
+            note,
+            host=host.name,
+            instance_id=job.instance.id,
+            migration_id=m.id,
+            data={"end": end, "error": why},
+        )
 
-    # -- records ---------------------------------------------------------------------------
+    async def _cleaned(self, job: Job, message: str) -> None:
+        async with self.store.write() as session:
+            m = await session.get(Migration, job.migration.id)
+            if m is None or m.leftover is None:
+                return
+            host = job.source if m.leftover == SOURCE else job.dest
+            m.leftover = None
+            if m.state == _S.COMPLETED:
+                m.error = None
+            record(
+                session,
+                EventKind.MIGRATION_CLEANED,
+                m.actor,
+                message,
+                host=host.name,
+                instance_id=job.instance.id,
+                migration_id=m.id,
+            )
 
     async def _store_progress(self, job: Job, p: MigrationProgressOut) -> None:
         async with self.store.write() as session:
@@ -295,6 +518,8 @@ class MigrationReconciler:
             m.expected_downtime_ms = p.expected_downtime_ms
             if p.downtime_ms is not None:
                 m.downtime_ms = p.downtime_ms
+            if m.state in ACTIVE:
+                m.error = None  # the source reports again: nothing to wait for
         job.migration = m or job.migration
 
     async def _update(
@@ -324,6 +549,15 @@ class MigrationReconciler:
                     migration_id=m.id,
                 )
         job.migration = m
+
+    @staticmethod
+    async def _attempt(call: Callable[[], Awaitable[object]]) -> str | None:
+        """Run one agent call: None when it succeeded, else why not."""
+        try:
+            await call()
+        except AgentUnavailable as exc:
+            return str(exc)
+        return None
 
     @staticmethod
     def _url(host: Host) -> str:

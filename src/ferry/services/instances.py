@@ -165,14 +165,20 @@ class InstanceService:
             return host.name if host else None
 
     async def apply_report(self, host_name: str, guests: list[GuestReport]) -> None:
-        """What the agent says runs on its host settles building instances and notices crashes."""
+        """What the agent says runs on its host settles building instances and notices crashes.
+        An instance in flight is left to the migration reconciler, which asks both ends: its
+        source may rightly have let it go before the record moves it."""
         by_id = {g.id: g for g in guests}
+        moving = select(Migration.instance_id).where(
+            Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES])
+        )
         async with self.store.write() as session:
             host = await get_host(session, host_name)
             rows = await session.scalars(
                 select(Instance).where(
                     Instance.host_id == host.id,
                     Instance.state.in_([InstanceState.BUILDING.value, InstanceState.RUNNING.value]),
+                    Instance.id.not_in(moving),
                 )
             )
             for instance in rows.all():

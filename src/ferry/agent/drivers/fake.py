@@ -3,7 +3,13 @@
 tests and cluster-scale simulations exercise the same agent and controller code as real hosts.
 
 State can live in a JSON file so that an agent restart finds its "running" guests again, like
-the QEMU driver finds its processes.
+the QEMU driver finds its processes, and their outgoing migrations too: a QEMU process keeps
+migrating while its agent is down, and a restarted agent reads where it got (query-migrate).
+
+The migration calls refuse what the QEMU driver refuses, so the controller meets the same answers:
+no progress for a guest that is not here, no abort of a source that handed over (or is in
+post-copy), no removal of a source that was not handed over, no abort of a destination that runs
+the guest as its own.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from ferry.agent.drivers.base import (
     Driver,
@@ -40,16 +47,30 @@ class FakeDriver(Driver):
         self._boot_seconds = boot_seconds
         self._guests: dict[str, GuestStatus] = {}
         self._specs: dict[str, GuestSpec] = {}
-        # Outgoing migrations: the model and when it started (monotonic), or a final reading.
+        # Outgoing migrations: the model and when it started (wall clock, so that it survives a
+        # restart), or a final reading.
         self._outgoing: dict[str, tuple[SimulatedMigration, float]] = {}
         self._ended: dict[str, MigrationProgress] = {}
         if state_file is not None and state_file.exists():
             for raw in json.loads(state_file.read_text()):
-                spec = raw.pop("spec")
-                status = GuestStatus(**{**raw, "power": GuestPower(raw["power"])})
-                self._guests[status.id] = status
-                ports = tuple(PortSpec(**port) for port in spec.pop("ports"))
-                self._specs[status.id] = GuestSpec(**spec, ports=ports)
+                self._load(raw)
+
+    def _load(self, raw: dict[str, Any]) -> None:
+        spec = raw.pop("spec")
+        outgoing, ended = raw.pop("outgoing", None), raw.pop("ended", None)
+        status = GuestStatus(**{**raw, "power": GuestPower(raw["power"])})
+        self._guests[status.id] = status
+        ports = tuple(PortSpec(**port) for port in spec.pop("ports"))
+        self._specs[status.id] = GuestSpec(**spec, ports=ports)
+        if outgoing is not None:
+            model = outgoing["model"]
+            params = MigrationParams(**model.pop("params"))
+            self._outgoing[status.id] = (
+                SimulatedMigration(**model, params=params),
+                outgoing["started"],
+            )
+        if ended is not None:
+            self._ended[status.id] = MigrationProgress(**ended)
 
     async def facts(self) -> HostFacts:
         return self._facts
@@ -80,9 +101,13 @@ class FakeDriver(Driver):
     async def destroy(self, instance_id: str) -> None:
         self._guests.pop(instance_id, None)
         self._specs.pop(instance_id, None)
+        self._outgoing.pop(instance_id, None)
+        self._ended.pop(instance_id, None)
         self._save()
 
     async def list(self) -> list[GuestStatus]:
+        for instance_id in list(self._outgoing):
+            self._read_outgoing(instance_id)  # a finished stream pauses its source
         return sorted(self._guests.values(), key=lambda g: g.name)
 
     # -- live migration: see fake_migration.py for the model --------------------------------
@@ -108,16 +133,22 @@ class FakeDriver(Driver):
         if instance_id in self._outgoing:
             return
         model = SimulatedMigration(spec.ram_mb * MIB, spec.dirty_rate_mbps * MIB, params)
-        self._outgoing[instance_id] = (model, time.monotonic())
+        self._outgoing[instance_id] = (model, time.time())
         self._ended.pop(instance_id, None)
+        self._save()
 
     async def migration_status(self, instance_id: str) -> MigrationProgress:
+        if instance_id not in self._guests:
+            raise DriverError(f"{instance_id} does not run on this host")
+        return self._read_outgoing(instance_id)
+
+    def _read_outgoing(self, instance_id: str) -> MigrationProgress:
         if instance_id in self._ended:
             return self._ended[instance_id]
         if instance_id not in self._outgoing:
             return MigrationProgress(status="none")
         model, started = self._outgoing[instance_id]
-        reading = model.at(time.monotonic() - started)
+        reading = model.at(time.time() - started)
         if reading.finished:
             self._ended[instance_id] = reading
             del self._outgoing[instance_id]
@@ -142,33 +173,62 @@ class FakeDriver(Driver):
         )
         if start_postcopy and not params.postcopy:
             raise DriverError("post-copy was not enabled for this migration")
-        postcopy_at = time.monotonic() - started if start_postcopy else model.postcopy_at
+        postcopy_at = time.time() - started if start_postcopy else model.postcopy_at
         self._outgoing[instance_id] = (
             replace(model, params=params, postcopy_at=postcopy_at),
             started,
         )
+        self._save()
 
     async def finish_destination(self, instance_id: str) -> GuestStatus:
         guest = self._guests.get(instance_id)
-        if guest is None:
-            raise DriverError(f"no incoming guest {instance_id} on this host")
+        if guest is not None and guest.power is GuestPower.RUNNING:
+            return guest  # finished before
+        if guest is None or guest.power is not GuestPower.INCOMING:
+            raise DriverError(f"no incoming migration of {instance_id} on this host")
         self._set_power(instance_id, GuestPower.RUNNING, "")
         return guest
 
     async def finish_source(self, instance_id: str) -> None:
-        self._ended.pop(instance_id, None)
+        guest = self._guests.get(instance_id)
+        if guest is None:
+            return  # finished before
+        if guest.power is not GuestPower.PAUSED:
+            raise DriverError(
+                f"{instance_id} is {guest.power} here, not handed over: not removing it"
+            )
         await self.destroy(instance_id)
 
     async def abort_migration(self, instance_id: str, *, source: bool) -> None:
         if source:
-            if self._outgoing.pop(instance_id, None) is not None:
-                self._ended[instance_id] = MigrationProgress(status="cancelled")
-            if instance_id in self._guests:
-                self._set_power(instance_id, GuestPower.RUNNING, "")
-            return
+            self._abort_source(instance_id)
+        else:
+            await self._abort_destination(instance_id)
+
+    def _abort_source(self, instance_id: str) -> None:
         guest = self._guests.get(instance_id)
-        if guest is not None and guest.power is GuestPower.INCOMING:
-            await self.destroy(instance_id)
+        if guest is None or guest.power is GuestPower.INCOMING:
+            raise DriverError(f"{instance_id} does not run on this host")
+        status = self._read_outgoing(instance_id).status
+        if status == "completed":
+            raise DriverError(
+                f"the migration of {instance_id} completed: the guest runs on the destination"
+            )
+        if status == "postcopy-active":
+            raise DriverError(
+                f"{instance_id} is in post-copy: the destination runs it; it can only complete"
+            )
+        if self._outgoing.pop(instance_id, None) is not None:
+            self._ended[instance_id] = MigrationProgress(status="cancelled")
+        self._set_power(instance_id, GuestPower.RUNNING, "")
+
+    async def _abort_destination(self, instance_id: str) -> None:
+        guest = self._guests.get(instance_id)
+        if guest is None:
+            return  # aborted before, or never prepared
+        if guest.power is not GuestPower.INCOMING:
+            raise DriverError(f"{instance_id} runs on this host as a guest, not as a target")
+        await self.destroy(instance_id)
 
     def _running_spec(self, instance_id: str) -> GuestSpec:
         guest = self._guests.get(instance_id)
@@ -185,7 +245,14 @@ class FakeDriver(Driver):
 
     def _save(self) -> None:
         if self._state_file is not None:
-            saved = [
-                {**asdict(g), "spec": asdict(self._specs[g.id])} for g in self._guests.values()
-            ]
+            saved = [self._saved(g) for g in self._guests.values()]
             self._state_file.write_text(json.dumps(saved))
+
+    def _saved(self, guest: GuestStatus) -> dict[str, Any]:
+        entry = {**asdict(guest), "spec": asdict(self._specs[guest.id])}
+        if guest.id in self._outgoing:
+            model, started = self._outgoing[guest.id]
+            entry["outgoing"] = {"model": asdict(model), "started": started}
+        if guest.id in self._ended:
+            entry["ended"] = asdict(self._ended[guest.id])
+        return entry

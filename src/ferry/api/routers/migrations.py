@@ -46,6 +46,9 @@ class MigrationOut(BaseModel):
     expected_downtime_ms: int | None
     downtime_ms: int | None
     error: str | None
+    leftover: str | None = Field(
+        default=None, description="source or destination: that end still holds a stale copy"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
