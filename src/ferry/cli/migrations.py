@@ -141,6 +141,9 @@ def _summary(m: dict[str, Any]) -> None:
             ),
             ("time", f"{when(m['started_at'])} .. {when(m['finished_at'])} ({_seconds(m)})"),
             ("by", m["actor"]),
+            ("leftover", f"a copy remains on the {m['leftover']} (removal retried)")
+            if m.get("leftover")
+            else ("leftover", "none"),
         ]
     )
 

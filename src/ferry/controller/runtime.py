@@ -61,7 +61,7 @@ class Controller:
                 self.bus,
             ),
             ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
-            ReconcileLoop("migrations", migrator.step, settings.reconcile_interval),
+            ReconcileLoop("migrations", migrator.step, settings.reconcile_interval, self.bus),
         ]
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -148,6 +148,8 @@ class MigrationReconciler:
             await self._cancel(job)
         elif state is _S.SCHEDULED:
             await self._prepare(job)
+            if job.state is _S.PREPARING and not job.migration.cancel_requested:
+                await self._start(job)  # the destination listens: start in the same pass
         elif state is _S.PREPARING:
             await self._start(job)
         elif state in (_S.RUNNING, _S.POSTCOPY):
