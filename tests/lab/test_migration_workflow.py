@@ -306,3 +306,34 @@ def test_controller_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -> 
 
 def ping_controller(lab: Path) -> bool:
     return ferry("host", "list", lab=lab, check=False).returncode == 0
+
+
+def test_link_cut_mid_flight_fails_safe_and_cleans_up_once_it_returns(
+    lab: Path, boot: Callable[..., Vm]
+) -> None:
+    """The destination's management link goes down mid-stream: no bytes move, the policy's
+    no-progress timeout aborts, the source keeps the guest; the destination's incoming copy is
+    removed once its agent answers again."""
+    vm = boot("cut-off")
+    before, counts = page(vm.ip), instance_counts(lab)
+    m = streaming(lab, start(lab, vm, "max_bandwidth_mib=1", "no_progress_s=5")["id"])
+    link = f"{PREFIX}-m{m['destination'].removeprefix('host')}"  # root side of its veth
+    subprocess.run(["ip", "link", "set", link, "down"], check=True)
+    try:
+        m = ended(lab, m["id"], within=90)
+        print(f"\nlink cut: {m['state']}: {m['error']} (leftover: {m['leftover']})")
+        assert m["state"] == "failed" and "no bytes moved for 5s" in m["error"], m
+        assert m["leftover"] == "destination"
+        assert page(vm.ip)["boot_id"] == before["boot_id"] and ping(vm.ip)
+        assert ferry_json("instance", "show", vm.name, lab=lab)["state"] == "running"
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+
+    def cleaned() -> dict[str, Any] | None:
+        now = migration(lab, m["id"])
+        return now if now["leftover"] is None else None
+
+    wait_for("the destination's copy to be removed", cleaned, 90)
+    assert "migration.cleaned" in events(lab, m["id"])
+    assert_runs_only_on(lab, vm, "host1")
+    assert instance_counts(lab) == counts
