@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from ferry.scheduler.setup import build as build_scheduler
 
 DEFAULT_PORT = 8470
 
@@ -39,6 +41,13 @@ class ControllerSettings(BaseSettings):
     migration_policy: dict[str, Any] = Field(
         default_factory=dict, description="convergence policy defaults (see domain/convergence)"
     )
+    scheduler_filters: list[str] | None = Field(
+        default=None,
+        description="optional scheduler filters in order (default: all; see scheduler/filters)",
+    )
+    scheduler_weighers: dict[str, float] = Field(
+        default_factory=dict, description="weigher multipliers (see scheduler/weighers)"
+    )
     tls_cert: Path | None = Field(default=None, description="controller certificate (HTTPS, mTLS)")
     tls_key: Path | None = Field(default=None)
     tls_ca: Path | None = Field(default=None, description="cluster CA: verifies agents")
@@ -48,6 +57,11 @@ class ControllerSettings(BaseSettings):
     def _valid_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _valid_scheduler(self) -> ControllerSettings:
+        build_scheduler(self.scheduler_filters, self.scheduler_weighers)
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -206,7 +206,7 @@ async def test_no_capacity_and_missing_network_explain_themselves(api: Api) -> N
     message = await _refused(api, "vm-3")
     assert message == (
         "cannot place the instance on any host: no valid host among 3 "
-        "(network not on host: 1, not enough free vCPU, RAM or disk: 2)"
+        "(network not on host: 1, not enough free RAM: 2)"
     )
     assert await _names(api) == ["vm-1", "vm-2"]
 

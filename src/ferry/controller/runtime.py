@@ -16,12 +16,14 @@ from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.loop import ReconcileLoop
 from ferry.orchestrator.migrations import MigrationReconciler
 from ferry.pki.tls import ssl_context_client
+from ferry.scheduler.setup import build as build_scheduler
 from ferry.services.catalog import CatalogService
 from ferry.services.events import EventService
 from ferry.services.hosts import HostService, LivenessPolicy
 from ferry.services.instances import InstanceService
 from ferry.services.maintenance import MaintenanceService
 from ferry.services.migrations import MigrationService
+from ferry.services.placement import Placer
 from ferry.services.store import EventBus, Store
 from ferry.services.tokens import TokenService
 
@@ -42,11 +44,15 @@ class Controller:
         self.tokens = TokenService(self.store)
         self.events = EventService(self.store)
         self.catalog = CatalogService(self.store)
-        self.instances = InstanceService(self.store, self.liveness)
+        self.placer = Placer(
+            build_scheduler(settings.scheduler_filters, settings.scheduler_weighers),
+            self.liveness,
+        )
+        self.instances = InstanceService(self.store, self.placer)
         self.agents = AgentClient(self._agent_tls())
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         policy = ConvergencePolicy().with_overrides(settings.migration_policy)
-        self.migrations = MigrationService(self.store, self.liveness, policy)
+        self.migrations = MigrationService(self.store, self.placer, policy)
         migrator = MigrationReconciler(self.store, self.agents)
         self.loops = [
             ReconcileLoop(

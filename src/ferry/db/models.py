@@ -94,6 +94,19 @@ class Network(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ServerGroup(Base):
+    """Instances placed by a group policy: affinity / anti-affinity (hard: a filter) or their
+    soft variants (weighers). Members name their group in `instances.server_group`."""
+
+    __tablename__ = "server_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    policy: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 _LIVE = text("state != 'deleted'")
 
 

@@ -1,1 +1,2 @@
-"""Placement: which host may take an instance, and which of those is best. Pure: no I/O."""
+"""Placement: which hosts may take an instance (filters), which of them is best (weighers), and
+the joint evacuation plan of a whole host (planner). Pure: no I/O."""

@@ -14,11 +14,11 @@ from ferry.domain.events import EventKind
 from ferry.domain.instance import INSTANCE, InstanceAction, InstanceState
 from ferry.domain.migration import ACTIVE_MIGRATION_STATES
 from ferry.protocol import GuestReport
-from ferry.scheduler.basic import NoValidHost, Request, Resources
-from ferry.scheduler.basic import select as pick
+from ferry.scheduler.framework import NoValidHost
+from ferry.scheduler.model import Request, Resources
 from ferry.services import placement
 from ferry.services.catalog import _name, get_flavor, get_network
-from ferry.services.hosts import LivenessPolicy, get_host
+from ferry.services.hosts import get_host
 from ferry.services.store import Store, record
 
 
@@ -29,6 +29,7 @@ class InstanceRequest:
     network: str
     host: str | None = None
     dirty_rate_mbps: int = 0
+    group: str | None = None
 
 
 async def get_instance(session: AsyncSession, name_or_id: str) -> Instance:
@@ -49,9 +50,9 @@ def _transition(instance: Instance, action: InstanceAction) -> None:
 
 
 class InstanceService:
-    def __init__(self, store: Store, policy: LivenessPolicy) -> None:
+    def __init__(self, store: Store, placer: placement.Placer) -> None:
         self.store = store
-        self.policy = policy
+        self.placer = placer
 
     async def create(self, req: InstanceRequest, actor: str) -> Instance:
         _name("instance", req.name)
@@ -64,8 +65,13 @@ class InstanceService:
                 raise Conflict(f"an instance named {req.name!r} exists already")
             flavor = await get_flavor(session, req.flavor)
             network = await get_network(session, req.network)
+            group = await self.placer.group(session, req.group)
+            if req.group is not None and group is None:
+                raise NotFound(f"no server group named {req.group!r}")
             need = Resources(flavor.vcpus, flavor.ram_mb, flavor.disk_gb)
-            host = await self._place(session, Request(need, frozenset({network.name})), req.host)
+            host = await self._place(
+                session, Request(need, frozenset({network.name}), group), req.host
+            )
             instance = Instance(
                 name=req.name,
                 vcpus=flavor.vcpus,
@@ -76,6 +82,7 @@ class InstanceService:
                 host_id=host.id,
                 created_by=actor,
                 dirty_rate_mbps=req.dirty_rate_mbps,
+                server_group=req.group,
             )
             session.add(instance)
             await session.flush()
@@ -89,15 +96,7 @@ class InstanceService:
                     ip=ip,
                 )
             )
-            session.add(
-                Allocation(
-                    instance_id=instance.id,
-                    host_id=host.id,
-                    vcpus=need.vcpus,
-                    ram_mb=need.ram_mb,
-                    disk_gb=need.disk_gb,
-                )
-            )
+            self.placer.claim(session, host, instance)
             record(
                 session,
                 EventKind.INSTANCE_CREATED,
@@ -105,21 +104,19 @@ class InstanceService:
                 f"instance {req.name} placed on {host.name} with {ip}/{prefix}",
                 host=host.name,
                 instance_id=instance.id,
-                data={"flavor": flavor.name, "network": network.name, "ip": ip},
+                data={"flavor": flavor.name, "network": network.name, "ip": ip}
+                | ({"group": req.group} if req.group else {}),
             )
         return await self.get(instance.id)
 
     async def _place(self, session: AsyncSession, request: Request, wanted: str | None) -> Host:
-        hosts = await placement.candidates(session, self.policy)
         if wanted is not None:
             await get_host(session, wanted)
-            hosts = [h for h in hosts if h.name == wanted]
         try:
-            chosen = pick(hosts, request)
+            return await self.placer.choose(session, request, only=wanted)
         except NoValidHost as exc:
             target = f"host {wanted}" if wanted else "any host"
             raise Conflict(f"cannot place the instance on {target}: {exc}") from exc
-        return await get_host(session, chosen.name)
 
     async def delete(self, name: str, actor: str) -> Instance:
         async with self.store.write() as session:

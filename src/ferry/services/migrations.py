@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ferry.db.models import Allocation, Host, Instance, Migration
+from ferry.db.models import Host, Instance, Migration
 from ferry.domain.convergence import ConvergencePolicy
 from ferry.domain.errors import Conflict, NotFound
 from ferry.domain.events import EventKind
@@ -19,10 +19,10 @@ from ferry.domain.migration import (
     MigrationAction,
     MigrationState,
 )
-from ferry.scheduler.basic import NoValidHost, Request, Resources
-from ferry.scheduler.basic import select as pick
+from ferry.scheduler.framework import NoValidHost
+from ferry.scheduler.model import Request
 from ferry.services import placement
-from ferry.services.hosts import LivenessPolicy, get_host
+from ferry.services.hosts import get_host
 from ferry.services.instances import get_instance
 from ferry.services.store import Store, record
 
@@ -49,9 +49,9 @@ def advance(migration: Migration, action: MigrationAction) -> None:
 
 
 class MigrationService:
-    def __init__(self, store: Store, liveness: LivenessPolicy, defaults: ConvergencePolicy):
+    def __init__(self, store: Store, placer: placement.Placer, defaults: ConvergencePolicy):
         self.store = store
-        self.liveness = liveness
+        self.placer = placer
         self.defaults = defaults
 
     async def request(
@@ -85,16 +85,7 @@ class MigrationService:
             )
             session.add(migration)
             await session.flush()
-            session.add(
-                Allocation(
-                    instance_id=instance.id,
-                    host_id=target.id,
-                    migration_id=migration.id,
-                    vcpus=instance.vcpus,
-                    ram_mb=instance.ram_mb,
-                    disk_gb=instance.disk_gb,
-                )
-            )
+            self.placer.claim(session, target, instance, migration.id)
             advance(migration, MigrationAction.SCHEDULE)
             record(
                 session,
@@ -111,18 +102,18 @@ class MigrationService:
     async def _destination(
         self, session: AsyncSession, instance: Instance, source: Host, wanted: str | None
     ) -> Host:
-        networks = frozenset(p.network for p in instance.ports)
-        request = Request(Resources(instance.vcpus, instance.ram_mb, instance.disk_gb), networks)
-        hosts = [
-            h for h in await placement.candidates(session, self.liveness) if h.name != source.name
-        ]
+        request = Request(
+            placement.need_of(instance),
+            frozenset(p.network for p in instance.ports),
+            await self.placer.group(session, instance.server_group, moving=instance.id),
+            placement.traits(source),
+        )
         if wanted is not None:
             if wanted == source.name:
                 raise Conflict(f"instance {instance.name} already runs on {wanted}")
             await get_host(session, wanted)
-            hosts = [h for h in hosts if h.name == wanted]
         try:
-            return await get_host(session, pick(hosts, request).name)
+            return await self.placer.choose(session, request, only=wanted, exclude=source.name)
         except NoValidHost as exc:
             target = f"host {wanted}" if wanted else "any other host"
             raise Conflict(f"cannot migrate {instance.name} to {target}: {exc}") from exc
