@@ -21,7 +21,8 @@ lint: setup
 demo: setup
 	@scripts/demo.sh
 
-## make bench: live migration of idle and dirtying guests in a real lab (root), against the
+## make bench: the evacuation planner against a one-at-a-time greedy loop on synthetic clusters
+## (no root), then live migration of idle and dirtying guests in a real lab (root), against the
 ## minimum time (memory / link throughput) measured in the same run.
 bench: setup
 	@scripts/bench.sh

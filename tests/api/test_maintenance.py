@@ -111,7 +111,7 @@ async def test_enter_twice_conflicts(api: Api, instances: int) -> None:
     await api.register("node-1")
     if instances:
         await api.add_instance("node-1")
-    await _enter(api)
+    await _enter(api, force=True)
     state = "draining" if instances else "in_maintenance"
     await _until_state(api, state)
     response = await _post(api, "maintenance/enter", {"reason": "again"})
@@ -153,7 +153,7 @@ async def test_exit_from_maintenance(api: Api) -> None:
 async def test_exit_while_draining_cancels_the_drain(api: Api) -> None:
     await api.register("node-1")
     await api.add_instance("node-1")
-    entered = await _enter(api)
+    entered = await _enter(api, force=True)
     assert entered["maintenance"]["state"] == "draining"
     assert entered["drain"]["instances_total"] == 1
     await asyncio.sleep(0.3)  # several reconcile passes: the drain cannot complete
@@ -181,7 +181,9 @@ async def test_idle_drain_loop_does_not_spin(api: Api) -> None:
     so it ran back to back (hundreds of passes a second) instead of every 0.05 s."""
     await api.register("node-1")
     await api.add_instance("node-1")
-    await _enter(api)  # a drain that stays open: every pass finds it and changes nothing
+    await _enter(
+        api, force=True
+    )  # a drain that stays open: every pass finds it and changes nothing
     await asyncio.sleep(0.1)
     [loop] = [loop for loop in api.controller.loops if loop.name == "drains"]
     start = loop.passes
@@ -243,7 +245,7 @@ async def test_maintenance_survives_a_restart(launch: Launch) -> None:
         await first.register("node-2")
         await first.add_instance("node-2")
         await _enter(first, "node-1")
-        await _enter(first, "node-2", reason="disk swap")
+        await _enter(first, "node-2", reason="disk swap", force=True)
         in_maintenance = await _until_state(first, "in_maintenance", "node-1")
         draining = await _status(first, "node-2")
         events = await first.events()

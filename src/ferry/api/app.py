@@ -9,7 +9,16 @@ from fastapi import FastAPI
 
 from ferry import __version__
 from ferry.api import errors
-from ferry.api.routers import agent, events, health, hosts, instances, migrations, tokens
+from ferry.api.routers import (
+    agent,
+    events,
+    health,
+    hosts,
+    instances,
+    migrations,
+    server_groups,
+    tokens,
+)
 from ferry.config import ControllerSettings
 from ferry.controller.runtime import Controller
 
@@ -33,6 +42,6 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.controller = controller
     errors.install(app)
-    for module in (health, hosts, instances, migrations, agent, events, tokens):
+    for module in (health, hosts, instances, server_groups, migrations, agent, events, tokens):
         app.include_router(module.router)
     return app

@@ -1,8 +1,10 @@
-"""Every error leaves the API as JSON {"error": code, "message": text} with a fitting 4xx."""
+"""Every error leaves the API as JSON {"error": code, "message": text} with a fitting 4xx, and
+`details` when the error carries specifics (e.g. a refused drain's per-instance reasons)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,15 +31,24 @@ STATUS: list[tuple[type[FerryError], int]] = [
 ]
 
 
-def _body(code: str, message: str, status: int, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+def _body(
+    code: str,
+    message: str,
+    status: int,
+    details: dict[str, Any] | None = None,
+    **headers: str,
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _ferry_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FerryError)
     status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
-    return _body(exc.code, exc.message, status, **headers)
+    return _body(exc.code, exc.message, status, exc.details, **headers)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -61,6 +61,41 @@ class OptionalReasonIn(BaseModel):
 
 class MaintenanceEnterIn(ReasonIn):
     dry_run: bool = Field(default=False, description="check and preview; change nothing")
+    force: bool = Field(
+        default=False,
+        description="enter even when the pre-check finds instances no host can take "
+        "(a partial drain: the others move, the drain then fails naming those left)",
+    )
+
+
+class PlanEntry(BaseModel):
+    instance: str
+    instance_id: str | None = None
+    destination: str | None
+    reason: str | None = None
+
+
+class ResourcesOut(BaseModel):
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
+class DestinationLoad(BaseModel):
+    host: str
+    instances: int = Field(description="instances the plan sends there")
+    capacity: ResourcesOut
+    before: ResourcesOut
+    after: ResourcesOut
+    utilization_before: float = Field(description="dominant share (0..1) before the drain")
+    utilization_after: float
+
+
+class PlanOut(BaseModel):
+    complete: bool = Field(description="the pre-check: every instance has a destination")
+    placements: list[PlanEntry]
+    unplaced: list[PlanEntry]
+    loads: list[DestinationLoad]
 
 
 class DrainOut(BaseModel):
@@ -74,6 +109,8 @@ class DrainOut(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    plan: list[PlanEntry] = Field(description="each instance's planned destination, or why none")
+    force: bool = Field(description="entered despite a failed pre-check")
 
 
 class MaintenanceOut(BaseModel):
@@ -97,7 +134,32 @@ class MaintenancePreviewOut(BaseModel):
     from_state: MaintenanceState
     to_state: MaintenanceState
     instances: list[InstanceBrief]
+    plan: PlanOut
     notes: list[str]
+
+
+class ServerGroupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=63)
+    policy: str = Field(
+        max_length=64,
+        description="affinity, anti-affinity (hard: a filter), soft-affinity or "
+        "soft-anti-affinity (soft: a weigher, as far as the hosts allow)",
+    )
+
+
+class ServerGroupMember(BaseModel):
+    name: str
+    host: str | None
+    state: str
+
+
+class ServerGroupOut(BaseModel):
+    name: str
+    policy: str
+    members: list[ServerGroupMember] = Field(description="live instances, by name")
+    created_by: str
+    created_at: datetime
 
 
 class EventOut(BaseModel):

@@ -6,6 +6,8 @@ from ferry.api import schemas
 from ferry.db.models import Drain, Host
 from ferry.domain.host import AdminState, MaintenanceState, excluded_from_scheduling
 from ferry.protocol import Capabilities, Inventory
+from ferry.scheduler.model import Resources
+from ferry.scheduler.planner import Plan
 from ferry.services.hosts import LivenessPolicy
 from ferry.services.maintenance import MaintenancePreview, MaintenanceStatus
 
@@ -48,7 +50,20 @@ def host(record: Host, instances: int, policy: LivenessPolicy) -> schemas.HostOu
 def drain(record: Drain | None) -> schemas.DrainOut | None:
     if record is None:
         return None
-    return schemas.DrainOut.model_validate(record, from_attributes=True)
+    return schemas.DrainOut(
+        id=record.id,
+        state=record.state,
+        reason=record.reason,
+        actor=record.actor,
+        instances_total=record.instances_total,
+        instances_moved=record.instances_moved,
+        instances_failed=record.instances_failed,
+        error=record.error,
+        created_at=record.created_at,
+        finished_at=record.finished_at,
+        plan=[schemas.PlanEntry.model_validate(entry) for entry in record.plan or []],
+        force=bool((record.policy or {}).get("force", False)),
+    )
 
 
 def maintenance(status: MaintenanceStatus) -> schemas.MaintenanceOut:
@@ -71,5 +86,38 @@ def preview(result: MaintenancePreview) -> schemas.MaintenancePreviewOut:
             )
             for i in result.instances
         ],
+        plan=plan(result.plan),
         notes=result.notes,
+    )
+
+
+def _resources(r: Resources) -> schemas.ResourcesOut:
+    return schemas.ResourcesOut(vcpus=r.vcpus, ram_mb=r.ram_mb, disk_gb=r.disk_gb)
+
+
+def plan(result: Plan) -> schemas.PlanOut:
+    return schemas.PlanOut(
+        complete=result.complete,
+        placements=[
+            schemas.PlanEntry(
+                instance=p.instance, instance_id=p.instance_id, destination=p.destination
+            )
+            for p in result.placements
+        ],
+        unplaced=[
+            schemas.PlanEntry(instance=name, destination=None, reason=why)
+            for name, why in result.unplaced.items()
+        ],
+        loads=[
+            schemas.DestinationLoad(
+                host=load.host,
+                instances=load.instances,
+                capacity=_resources(load.capacity),
+                before=_resources(load.before),
+                after=_resources(load.after),
+                utilization_before=round(load.utilization_before, 4),
+                utilization_after=round(load.utilization_after, 4),
+            )
+            for load in result.loads
+        ],
     )

@@ -1,1 +1,2 @@
-"""Benchmarks of a running lab: each reports against a baseline measured in the same run."""
+"""Benchmarks, each reported against a baseline measured in the same run: live migration in a
+running lab, and the evacuation planner on synthetic clusters."""

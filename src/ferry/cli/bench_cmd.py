@@ -1,4 +1,4 @@
-"""ferry bench migration."""
+"""ferry bench migration, ferry bench planner."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from ferry.cli.client import CliError
 from ferry.cli.lab_cmd import DEFAULT_DIR, LabDir
 from ferry.cli.output import Format, FormatOpt, console, emit_json, table
 
-app = typer.Typer(help="Benchmarks of a running lab, against baselines of the same run.")
+app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.")
 
 
 @app.callback()
 def _group() -> None:
-    """Benchmarks of a running lab, against baselines of the same run."""
+    """Benchmarks, each against a baseline measured in the same run."""
 
 
 COLUMNS = [
@@ -75,4 +75,69 @@ def migration(
         console.print(
             "MINIMUM: guest memory / link throughput; x MINIMUM: median streaming time over it "
             "(below 1: QEMU skipped zero pages); BLACKOUT: longest gap of 20 ms pings"
+        )
+
+
+PLANNER_COLUMNS = [
+    ("SCENARIO", lambda r: r["scenario"]["name"]),
+    ("HOSTS", lambda r: r["scenario"]["hosts"]),
+    ("ELIGIBLE", lambda r: r["eligible_hosts"]),
+    ("INSTANCES", lambda r: r["scenario"]["instances"]),
+    ("PLANNER ms", lambda r: f"{r['planner']['seconds'] * 1000:.1f}"),
+    ("GREEDY ms", lambda r: f"{r['greedy']['seconds'] * 1000:.1f}"),
+    ("TIME RATIO", lambda r: f"{r['time_ratio']:.3f}"),
+    ("BOUND", lambda r: f"{r['lower_bound']:.3f}"),
+    ("PLANNER MAX", lambda r: f"{r['planner']['max_utilization']:.3f}"),
+    ("PLANNER/BOUND", lambda r: f"{r['planner']['balance']:.2f}"),
+    ("GREEDY MAX", lambda r: f"{r['greedy']['max_utilization']:.3f}"),
+    ("GREEDY/BOUND", lambda r: f"{r['greedy']['balance']:.2f}"),
+    ("PLACED", lambda r: f"{r['planner']['placed']} / {r['greedy']['placed']}"),
+]
+
+
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter("a comma-separated list of host counts, e.g. 1000,10000") from None
+    if not sizes or any(n < 1 or n > 1_000_000 for n in sizes):
+        raise typer.BadParameter("host counts between 1 and 1000000, e.g. 1000,10000")
+    return sizes
+
+
+@app.command("planner")
+def planner(
+    instances: Annotated[
+        int, typer.Option(min=1, max=100_000, help="instances drained in the large clusters")
+    ] = 200,
+    hosts: Annotated[
+        str, typer.Option(help="cluster sizes to drain over, comma-separated")
+    ] = "1000,10000",
+    seed: Annotated[int, typer.Option(help="seed of the synthetic clusters")] = 1,
+    runs: Annotated[int, typer.Option(min=1, max=50, help="timed runs; the fastest counts")] = 3,
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """The evacuation planner on synthetic clusters of each --hosts size (and a small one near
+    60 % load) against a one-at-a-time greedy loop on the same cluster: time, and the largest
+    destination utilization over a lower bound (perfectly spread divisible load). Needs no lab."""
+    from ferry.bench.planner import run, specs, to_json  # noqa: PLC0415
+    from ferry.scheduler.setup import build  # noqa: PLC0415
+
+    scenarios = specs(_sizes(hosts), instances, seed)
+
+    def say(line: str) -> None:
+        if fmt is Format.TABLE:
+            console.print(f"[bold]bench[/bold] {line}")
+
+    results = to_json(run(build(), scenarios, say, runs))
+    if fmt is Format.JSON:
+        emit_json(results)
+    else:
+        table(results, PLANNER_COLUMNS)
+        console.print(
+            "GREEDY: one instance at a time in name order, to the scheduler's pick among the "
+            "hosts as the earlier ones left them; TIME RATIO: planner / greedy (fastest of "
+            "--runs each); MAX: largest dominant share among hosts that received an instance; "
+            "BOUND: the level perfectly spread divisible load would reach, so MAX/BOUND >= 1 "
+            "once every instance is placed; PLACED: planner / greedy"
         )

@@ -149,6 +149,22 @@ def _show_status(status: dict[str, Any]) -> None:
     fields(pairs)
 
 
+def _percent(share: float) -> str:
+    return f"{share * 100:.0f}%"
+
+
+def _load(side: str) -> Any:
+    def cell(load: dict[str, Any]) -> str:
+        used, cap = load[side], load["capacity"]
+        return (
+            f"{_percent(load[f'utilization_{side}'])} "
+            f"({used['vcpus']}/{cap['vcpus']} vCPU, {used['ram_mb'] // 1024}/"
+            f"{cap['ram_mb'] // 1024} GiB)"
+        )
+
+    return cell
+
+
 def _show_preview(preview: dict[str, Any]) -> None:
     console.print(
         f"[bold]dry run[/bold]: host {preview['host']} would go "
@@ -156,8 +172,34 @@ def _show_preview(preview: dict[str, Any]) -> None:
     )
     for note in preview["notes"]:
         console.print(f"  {note}")
-    for inst in preview["instances"]:
-        console.print(f"  - {inst['name']} ({inst['vcpus']} vCPU, {inst['ram_mb']} MiB)")
+    plan = preview["plan"]
+    sizes = {i["name"]: i for i in preview["instances"]}
+    rows = [
+        {**entry, **sizes.get(entry["instance"], {})}
+        for entry in plan["placements"] + plan["unplaced"]
+    ]
+    if rows:
+        console.print()
+        table(
+            sorted(rows, key=lambda r: r["instance"]),
+            [
+                ("INSTANCE", lambda r: r["instance"]),
+                ("SIZE", lambda r: f"{r.get('vcpus', '?')} vCPU, {r.get('ram_mb', '?')} MiB"),
+                ("DESTINATION", lambda r: r["destination"] or "[red]none[/red]"),
+                ("WHY NOT", lambda r: r.get("reason") or ""),
+            ],
+        )
+    if plan["loads"]:
+        console.print()
+        table(
+            plan["loads"],
+            [
+                ("DESTINATION", lambda d: d["host"]),
+                ("GETS", lambda d: d["instances"]),
+                ("LOAD BEFORE", _load("before")),
+                ("LOAD AFTER", _load("after")),
+            ],
+        )
 
 
 def _wait(ctx: typer.Context, name: str, timeout: float) -> dict[str, Any]:
@@ -175,14 +217,21 @@ def enter(
     ctx: typer.Context,
     name: Name,
     reason: Reason,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="preview; change nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the plan and pre-check; change nothing")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="enter even if some instances cannot be moved (partial)"),
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="wait until the drain ends")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """Put a host into maintenance: no new instance goes there, and it is drained."""
     result = api(ctx).post(
-        _path(name, "maintenance", "enter"), {"reason": reason, "dry_run": dry_run}
+        _path(name, "maintenance", "enter"),
+        {"reason": reason, "dry_run": dry_run, "force": force},
     )
     if dry_run:
         emit_json(result) if fmt is Format.JSON else _show_preview(result)

@@ -139,6 +139,9 @@ def instance_create(
     flavor: Annotated[str, typer.Option(help="flavor name")],
     network: Annotated[str, typer.Option(help="network name")] = "default",
     host: Annotated[str | None, typer.Option(help="place on this host")] = None,
+    group: Annotated[
+        str | None, typer.Option(help="server group to join (ferry server-group list)")
+    ] = None,
     dirty_rate: Annotated[int, typer.Option(help="MiB/s the guest rewrites in memory")] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="until it runs (or fails)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 300,
@@ -153,6 +156,7 @@ def instance_create(
             "network": network,
             "host": host,
             "dirty_rate_mbps": dirty_rate,
+            "group": group,
         },
     )
     if wait:
@@ -160,8 +164,10 @@ def instance_create(
     if fmt is Format.JSON:
         emit_json(instance)
     else:
+        joined = f" in server group {g}" if (g := instance.get("server_group")) else ""
         console.print(
             f"instance {name} {instance['state']} on {instance['host']} with {_ips(instance)}"
+            + joined
         )
     if instance["state"] == "error":
         raise CliError(f"instance {name} failed: {instance['error']}")
@@ -193,6 +199,7 @@ def instance_show(ctx: typer.Context, name: Name, fmt: FormatOpt = Format.TABLE)
             ("host", inst["host"]),
             ("flavor", f"{inst['flavor']} ({inst['vcpus']} vCPU, {inst['ram_mb']} MiB)"),
             ("ports", "; ".join(f"{p['network']} {p['ip']} {p['mac']}" for p in inst["ports"])),
+            ("group", inst["server_group"]),
             ("error", inst["error"]),
             ("created", f"{when(inst['created_at'])} by {inst['created_by']}"),
         ]

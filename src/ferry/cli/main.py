@@ -19,6 +19,7 @@ from ferry.cli import (
     lab_cmd,
     migrations,
     pki_cmd,
+    server_groups,
     tokens,
 )
 from ferry.cli.client import CliError
@@ -35,6 +36,7 @@ app.add_typer(instances.instances, name="instance")
 app.add_typer(migrations.app, name="migration")
 app.add_typer(instances.flavors, name="flavor")
 app.add_typer(instances.networks, name="network")
+app.add_typer(server_groups.app, name="server-group")
 app.add_typer(events.app, name="event")
 app.add_typer(tokens.app, name="token")
 app.add_typer(controller_cmd.app, name="controller")

@@ -24,6 +24,7 @@ from ferry.services.instances import InstanceService
 from ferry.services.maintenance import MaintenanceService
 from ferry.services.migrations import MigrationService
 from ferry.services.placement import Placer
+from ferry.services.server_groups import ServerGroupService
 from ferry.services.store import EventBus, Store
 from ferry.services.tokens import TokenService
 
@@ -40,15 +41,16 @@ class Controller:
             timedelta(seconds=settings.heartbeat_interval), settings.heartbeat_misses
         )
         self.hosts = HostService(self.store, self.liveness)
-        self.maintenance = MaintenanceService(self.store)
         self.tokens = TokenService(self.store)
         self.events = EventService(self.store)
         self.catalog = CatalogService(self.store)
+        self.server_groups = ServerGroupService(self.store)
         self.placer = Placer(
             build_scheduler(settings.scheduler_filters, settings.scheduler_weighers),
             self.liveness,
         )
         self.instances = InstanceService(self.store, self.placer)
+        self.maintenance = MaintenanceService(self.store, self.placer)
         self.agents = AgentClient(self._agent_tls())
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         policy = ConvergencePolicy().with_overrides(settings.migration_policy)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FerryError(Exception):
     """Base of every error Ferry reports to a user. `code` is stable and machine-readable."""
 
     code = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # machine-readable specifics, e.g. per-instance reasons
 
 
 class InvalidInput(FerryError):

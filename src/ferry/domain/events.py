@@ -37,6 +37,8 @@ class EventKind(StrEnum):
     MIGRATION_WAITING = "migration.waiting"
     MIGRATION_LEFTOVER = "migration.leftover"
     MIGRATION_CLEANED = "migration.cleaned"
+    SERVER_GROUP_CREATED = "server_group.created"
+    SERVER_GROUP_DELETED = "server_group.deleted"
     TOKEN_CREATED = "token.created"
     TOKEN_REVOKED = "token.revoked"
 

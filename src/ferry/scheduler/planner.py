@@ -235,20 +235,19 @@ class _Planner:
             placed = [u for u in units if u.host is not None]
             if not placed:
                 return
-            top = max({u.host for u in placed if u.host}, key=self._share)
+            top = max(sorted({u.host for u in placed if u.host}), key=self._share)
             ceiling = self._share(top)
             moved = False
             for unit in sorted((u for u in placed if u.host == top), key=self.size, reverse=True):
                 self.take(unit)
+                staying = score_of(self.board.hosts[top], unit.request)
                 elsewhere = self.choose(unit, exclude=top)
-                if (
-                    elsewhere is not None
-                    and score_of_placed(self.board.hosts[elsewhere[0]], unit.request)
-                    < ceiling - 1e-9
-                ):
-                    self.put(unit, elsewhere[0])
-                    moved = True
-                    break
+                if elsewhere is not None and elsewhere[1] < staying - 1e-9:
+                    target = self.board.hosts[elsewhere[0]]
+                    if share_with(target, unit.request) < ceiling - 1e-9:
+                        self.put(unit, elsewhere[0])
+                        moved = True
+                        break
                 self.put(unit, top)
             if not moved:
                 return
@@ -304,11 +303,10 @@ def _policy(request: Request) -> GroupPolicy | None:
 
 def score_of(host: Candidate, request: Request) -> float:
     """The host's dominant share with the request on it, moved by soft group policies."""
-    share = (host.used + request.need).share_of(host.capacity)
-    return share + _soft(host, request)
+    return share_with(host, request) + _soft(host, request)
 
 
-def score_of_placed(host: Candidate, request: Request) -> float:
+def share_with(host: Candidate, request: Request) -> float:
     return (host.used + request.need).share_of(host.capacity)
 
 

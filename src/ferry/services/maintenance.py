@@ -1,8 +1,11 @@
 """Host maintenance: enter (with dry run), exit, status, and finishing drains that are done.
 
-Entering excludes the host from scheduling in the same transaction that records the request,
-and opens a drain. Moving the instances off is the drain orchestrator's work; a drain whose host
-holds no instance completes at once and the host becomes `in_maintenance`.
+Entering first plans where every instance would go (the evacuation planner, with the scheduler's
+filters) and refuses, naming each instance no host can take, unless the operator forces a
+partial drain. It then excludes the host from scheduling in the same transaction that records
+the request, and opens a drain holding the plan. Moving the instances off is the drain
+orchestrator's work; a drain whose host holds no instance completes at once and the host becomes
+`in_maintenance`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from ferry.db.models import Drain, Host, Instance
 from ferry.db.types import utcnow
 from ferry.domain import validation
 from ferry.domain.drain import DRAIN, OPEN_DRAIN_STATES, DrainAction, DrainState
+from ferry.domain.errors import Conflict
 from ferry.domain.events import SYSTEM_ACTOR, EventKind
 from ferry.domain.host import MAINTENANCE, MaintenanceAction, MaintenanceState
 from ferry.domain.instance import InstanceState
+from ferry.scheduler.planner import Plan
 from ferry.services.hosts import get_host
+from ferry.services.placement import Placer
 from ferry.services.store import Store, record
 
 
@@ -31,6 +37,7 @@ class MaintenancePreview:
     from_state: MaintenanceState
     to_state: MaintenanceState
     instances: list[Instance]
+    plan: Plan
     notes: list[str] = field(default_factory=list)
 
 
@@ -60,9 +67,50 @@ def _transition(host: Host, action: MaintenanceAction) -> MaintenanceState:
     return MAINTENANCE.apply(MaintenanceState(host.maintenance_state), action, name=host.name)
 
 
+def refusal(host: str, plan: Plan) -> Conflict:
+    """The pre-check's verdict when some instance has nowhere to go."""
+    reasons = "; ".join(f"{name}: {why}" for name, why in plan.unplaced.items())
+    total = len(plan.placements) + len(plan.unplaced)
+    return Conflict(
+        f"cannot drain {host}: {len(plan.unplaced)} of {total} instance(s) have no "
+        f"destination ({reasons}); free capacity, or enter with force to drain the rest",
+        details={"unplaced": dict(plan.unplaced)},
+    )
+
+
+def plan_record(plan: Plan) -> list[dict[str, str | None]]:
+    """The plan as the drain stores it: one entry per instance, its destination or why none."""
+    entries: list[dict[str, str | None]] = [
+        {"instance_id": p.instance_id, "instance": p.instance, "destination": p.destination}
+        for p in plan.placements
+    ]
+    entries += [
+        {"instance_id": None, "instance": name, "destination": None, "reason": why}
+        for name, why in plan.unplaced.items()
+    ]
+    return sorted(entries, key=lambda e: e["instance"] or "")
+
+
+def _notes(instances: list[Instance], plan: Plan) -> list[str]:
+    if not instances:
+        return ["the host holds no instance: it enters maintenance at once"]
+    notes = [f"{len(instances)} instance(s) would be drained from the host"]
+    if plan.complete:
+        notes.append(
+            f"pre-check passed: every instance has a destination on {len(plan.loads)} host(s)"
+        )
+    else:
+        notes.append(
+            f"pre-check failed: {len(plan.unplaced)} instance(s) have no destination; entering "
+            "is refused unless forced (a forced drain moves the others and then fails)"
+        )
+    return notes
+
+
 class MaintenanceService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, placer: Placer) -> None:
         self.store = store
+        self.placer = placer
 
     async def preview(self, name: str, reason: str) -> MaintenancePreview:
         validation.reason(reason)
@@ -70,20 +118,27 @@ class MaintenanceService:
             host = await get_host(session, name)
             target = _transition(host, MaintenanceAction.ENTER)
             instances = await instances_on(session, host.id)
-        notes = (
-            ["the host holds no instance: it enters maintenance at once"]
-            if not instances
-            else [f"{len(instances)} instance(s) would be drained from the host"]
-        )
+            plan = await self.placer.plan(session, host)
         return MaintenancePreview(
-            host, MaintenanceState(host.maintenance_state), target, instances, notes
+            host,
+            MaintenanceState(host.maintenance_state),
+            target,
+            instances,
+            plan,
+            _notes(instances, plan),
         )
 
-    async def enter(self, name: str, reason: str, actor: str) -> tuple[Host, Drain]:
+    async def enter(
+        self, name: str, reason: str, actor: str, *, force: bool = False
+    ) -> tuple[Host, Drain]:
+        """Plan, check, then exclude the host and open its drain, all in one transaction."""
         reason = validation.reason(reason)
         async with self.store.write() as session:
             host = await get_host(session, name)
             host.maintenance_state = _transition(host, MaintenanceAction.ENTER).value
+            plan = await self.placer.plan(session, host)
+            if not plan.complete and not force:
+                raise refusal(name, plan)
             now = utcnow()
             host.maintenance_reason = reason
             host.maintenance_actor = actor
@@ -91,7 +146,12 @@ class MaintenanceService:
             host.maintenance_changed_at = now
             instances = await instances_on(session, host.id)
             drain = Drain(
-                host_id=host.id, reason=reason, actor=actor, instances_total=len(instances)
+                host_id=host.id,
+                reason=reason,
+                actor=actor,
+                instances_total=len(instances),
+                plan=plan_record(plan),
+                policy={"force": force},
             )
             session.add(drain)
             await session.flush()
@@ -102,7 +162,12 @@ class MaintenanceService:
                 f"host {name} entering maintenance: {reason}",
                 host=name,
                 drain_id=drain.id,
-                data={"reason": reason, "instances": len(instances)},
+                data={
+                    "reason": reason,
+                    "instances": len(instances),
+                    "force": force,
+                    "unplaced": dict(plan.unplaced),
+                },
             )
             record(
                 session,

@@ -8,6 +8,7 @@ version, so of two racing decisions for one host only one commits (the other ret
 from __future__ import annotations
 
 import ipaddress
+import logging
 import secrets
 from collections import Counter
 
@@ -24,6 +25,8 @@ from ferry.scheduler.framework import NoValidHost, Scheduler
 from ferry.scheduler.model import Candidate, Group, GroupPolicy, Request, Resources, Traits
 from ferry.scheduler.planner import Movable, Plan, plan_evacuation
 from ferry.services.hosts import LivenessPolicy
+
+log = logging.getLogger(__name__)
 
 
 def capacity(host: Host) -> Resources:
@@ -117,7 +120,11 @@ class Placer:
             for h in await self.candidates(session)
             if h.name != exclude and (only is None or h.name == only)
         ]
-        chosen = self.scheduler.select(hosts, request)
+        try:
+            chosen = self.scheduler.select(hosts, request)
+        except NoValidHost as exc:
+            log.info("placement of %s refused: %s", request.need, exc)
+            raise
         host = await session.scalar(select(Host).where(Host.name == chosen.name))
         assert host is not None
         return host
@@ -148,9 +155,8 @@ class Placer:
             .where(Instance.host_id == host.id, Instance.state != InstanceState.DELETED.value)
             .order_by(Instance.name)
         )
-        policies = dict(
-            (await session.execute(select(ServerGroup.name, ServerGroup.policy))).tuples()
-        )
+        groups = await session.execute(select(ServerGroup.name, ServerGroup.policy))
+        policies = {name: policy for name, policy in groups.all()}
         movables = [
             Movable(
                 i.id,

@@ -46,6 +46,9 @@ class InstanceIn(BaseModel):
     network: str = Field(max_length=63)
     host: str | None = Field(default=None, max_length=63, description="skip the choice")
     dirty_rate_mbps: int = Field(default=0, ge=0, le=10_000, description="guest workload")
+    group: str | None = Field(
+        default=None, max_length=63, description="server group the instance joins"
+    )
 
 
 class PortOut(BaseModel):
@@ -65,6 +68,7 @@ class InstanceOut(BaseModel):
     ram_mb: int
     disk_gb: int
     ports: list[PortOut]
+    server_group: str | None
     error: str | None
     created_by: str
     created_at: datetime
@@ -81,6 +85,7 @@ def _out(instance: Instance, host: str | None) -> InstanceOut:
         ram_mb=instance.ram_mb,
         disk_gb=instance.disk_gb,
         ports=[PortOut.model_validate(p) for p in instance.ports],
+        server_group=instance.server_group,
         error=instance.error,
         created_by=instance.created_by,
         created_at=instance.created_at,
@@ -131,7 +136,9 @@ async def list_instances(
 @router.post("/instances", response_model=InstanceOut, status_code=201, responses=ERRORS)
 async def create_instance(ctl: Ctl, who: Operator, body: InstanceIn) -> InstanceOut:
     instance = await ctl.instances.create(
-        InstanceRequest(body.name, body.flavor, body.network, body.host, body.dirty_rate_mbps),
+        InstanceRequest(
+            body.name, body.flavor, body.network, body.host, body.dirty_rate_mbps, group=body.group
+        ),
         who.name,
     )
     return _out(instance, await ctl.instances.host_name(instance))

@@ -5,10 +5,12 @@ traits and pass."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from ferry.scheduler.model import Candidate, Request
 
 
+@lru_cache(maxsize=256)  # a cluster has a handful of QEMU versions; filters run per host
 def version_key(version: str) -> tuple[int, ...]:
     """'8.2.2' -> (8, 2, 2); 'QEMU emulator version 9.0.0 (Debian 1:9.0+ds)' -> (9, 0, 0)."""
     found = re.search(r"\d+(?:\.\d+)*", version)
