@@ -20,5 +20,6 @@ cleanup() { ferry lab down --dir "$lab_dir" --prefix "$prefix" >/dev/null 2>&1 |
 cleanup
 trap cleanup EXIT
 
-ferry lab up --hosts 2 --instances 0 --link-mbit 1000 --prefix "$prefix" --dir "$lab_dir"
+ferry lab up --hosts 3 --instances 0 --link-mbit 1000 --prefix "$prefix" --dir "$lab_dir"
 ferry bench migration --dir "$lab_dir" --runs "${BENCH_RUNS:-3}"
+ferry bench drain --dir "$lab_dir" --instances "${BENCH_DRAIN_INSTANCES:-6}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A tour of Ferry for a new user: a real 3-host lab (network namespaces, QEMU guests, mutual TLS),
-# instances answering ping, and one host taken into maintenance and back, all through `ferry`.
+# instances answering ping, a live migration, and one host drained live into maintenance (every
+# instance pinged every 20 ms) and put back in service, all through `ferry`.
 # Leaves nothing running (DEMO_KEEP=1 keeps the lab up; `ferry lab down` removes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,8 @@ cleanup() { [ "${DEMO_KEEP:-0}" = 1 ] || ferry lab down --dir "$lab_dir" >/dev/n
 ferry lab down --dir "$lab_dir" >/dev/null 2>&1 || true
 trap cleanup EXIT
 
-step "Bring up a lab: 3 hosts, 4 instances, links shaped to 1 Gbit/s"
-run ferry lab up --hosts 3 --instances 4 --link-mbit 1000 --driver "$driver" --dir "$lab_dir"
+step "Bring up a lab: 3 hosts, 6 instances, links shaped to 1 Gbit/s"
+run ferry lab up --hosts 3 --instances 6 --link-mbit 1000 --driver "$driver" --dir "$lab_dir"
 eval "$(ferry lab env --dir "$lab_dir")"
 
 step "Hosts and instances, as the controller sees them"
@@ -56,12 +57,32 @@ PY
 fi
 run ferry migration list
 
-step "Preview maintenance on host1 (dry run: nothing changes)"
+step "Preview maintenance on host1 (dry run: where each instance would go; nothing changes)"
 run ferry host maintenance enter host1 --reason "BIOS update" --dry-run
 
-step "Enter maintenance: host1 leaves scheduling at once"
-run ferry host maintenance enter host1 --reason "BIOS update"
-run ferry host maintenance status host1
+step "Enter maintenance: host1 leaves scheduling at once and is drained live"
+ips=$(ferry instance list -f json | python3 -c 'import json,sys; print(" ".join(i["ports"][0]["ip"] for i in json.load(sys.stdin) if i["host"] == "host1"))')
+pingers=()
+if [ "$driver" = qemu ]; then
+  echo "(each instance on host1 is pinged every 20 ms meanwhile: $ips)"
+  for ip in $ips; do
+    ping -n -i 0.02 -W 1 "$ip" >"/tmp/ferry-demo-ping.$$.$ip" 2>&1 &
+    pingers+=($!)
+  done
+  sleep 1
+fi
+run ferry host maintenance enter host1 --reason "BIOS update" --wait
+if [ "$driver" = qemu ]; then
+  sleep 1
+  for pid in "${pingers[@]}"; do kill -INT "$pid"; wait "$pid" || true; done
+  python3 - "/tmp/ferry-demo-ping.$$" $ips <<'PY'
+import sys
+from ferry.bench.probe import blackout_of
+for ip in sys.argv[2:]:
+    print(f"{ip}: {blackout_of(open(f'{sys.argv[1]}.{ip}').read())}")
+PY
+  rm -f /tmp/ferry-demo-ping.$$.*
+fi
 run ferry instance create vm-new --flavor tiny --network lab --wait
 echo "(vm-new went elsewhere: a host in maintenance receives nothing)"
 
@@ -72,7 +93,11 @@ run ferry host list
 step "Every change is an event, with who did it"
 run ferry event list --limit 15
 
+step "Where to go from here"
+echo "API and its documentation: $FERRY_URL/docs (token: \$FERRY_TOKEN from 'ferry lab env')"
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-  step "The lab stays up. In another shell:  eval \"\$(ferry lab env --dir $lab_dir)\""
-  echo "Remove it with: ferry lab down --dir $lab_dir"
+  echo "The lab stays up. In another shell:  eval \"\$(ferry lab env --dir $lab_dir)\""
+  echo "Stop it with: ferry lab down --dir $lab_dir"
+else
+  echo "The lab is removed now (DEMO_KEEP=1 make demo keeps it; 'ferry lab down' removes it)."
 fi

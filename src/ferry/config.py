@@ -41,12 +41,27 @@ class ControllerSettings(BaseSettings):
     migration_policy: dict[str, Any] = Field(
         default_factory=dict, description="convergence policy defaults (see domain/convergence)"
     )
+    drain_policy: dict[str, Any] = Field(
+        default_factory=dict, description="drain limits and retries (see domain/drain_policy)"
+    )
     scheduler_filters: list[str] | None = Field(
         default=None,
         description="optional scheduler filters in order (default: all; see scheduler/filters)",
     )
     scheduler_weighers: dict[str, float] = Field(
         default_factory=dict, description="weigher multipliers (see scheduler/weighers)"
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, description="seconds one webhook request may take, connect to answer"
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="tries per event and webhook; then the event is dropped"
+    )
+    webhook_backoff: float = Field(
+        default=1.0, gt=0, description="seconds before a webhook's first retry; doubles each time"
+    )
+    webhook_backoff_max: float = Field(
+        default=60.0, gt=0, description="the longest wait between two webhook retries"
     )
     tls_cert: Path | None = Field(default=None, description="controller certificate (HTTPS, mTLS)")
     tls_key: Path | None = Field(default=None)

@@ -18,6 +18,7 @@ from ferry.api.routers import (
     migrations,
     server_groups,
     tokens,
+    webhooks,
 )
 from ferry.config import ControllerSettings
 from ferry.controller.runtime import Controller
@@ -42,6 +43,16 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.controller = controller
     errors.install(app)
-    for module in (health, hosts, instances, server_groups, migrations, agent, events, tokens):
+    for module in (
+        health,
+        hosts,
+        instances,
+        server_groups,
+        migrations,
+        agent,
+        events,
+        tokens,
+        webhooks,
+    ):
         app.include_router(module.router)
     return app

@@ -66,6 +66,11 @@ class MaintenanceEnterIn(ReasonIn):
         description="enter even when the pre-check finds instances no host can take "
         "(a partial drain: the others move, the drain then fails naming those left)",
     )
+    policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="drain policy overrides: max_parallel, max_outbound, prepare_ahead, "
+        "max_inbound, max_attempts, retry_backoff_s, migration (convergence policy)",
+    )
 
 
 class PlanEntry(BaseModel):
@@ -113,11 +118,33 @@ class DrainOut(BaseModel):
     force: bool = Field(description="entered despite a failed pre-check")
 
 
+class DrainMigrationOut(BaseModel):
+    id: str
+    instance: str
+    attempt: int
+    kind: str
+    state: str
+    destination: str | None
+    bytes_total: int | None
+    bytes_sent: int | None
+    bytes_remaining: int | None
+    throughput_mbps: float | None
+    passes: int | None
+    downtime_ms: int | None = Field(description="QEMU's measured downtime, once completed")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class MaintenanceOut(BaseModel):
     host: str
     maintenance: MaintenanceInfo
     drain: DrainOut | None
     instances_remaining: int
+    migrations: list[DrainMigrationOut] = Field(
+        default_factory=list, description="the latest drain's migrations, every attempt"
+    )
 
 
 class InstanceBrief(BaseModel):
@@ -209,3 +236,51 @@ class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str
     database: Literal["ok"]
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=63)
+    url: str = Field(max_length=2048, description="http(s) URL that receives the events")
+    kinds: list[str] | None = Field(
+        default=None,
+        max_length=32,
+        description="event kind prefixes, e.g. ['migration.failed', 'drain']; default: "
+        "host.maintenance, drain and migration (every kind a webhook may carry)",
+    )
+    secret: str | None = Field(
+        default=None,
+        max_length=256,
+        description="HMAC-SHA256 signing secret, 16-256 printable characters; default: generated",
+    )
+
+
+class WebhookOut(BaseModel):
+    name: str
+    url: str
+    kinds: list[str]
+    enabled: bool
+    cursor: int = Field(description="id of the last event delivered or dropped")
+    pending: int = Field(description="matching events after the cursor")
+    attempts: int = Field(description="failed attempts at the next pending event")
+    delivered: int
+    failures: int = Field(description="events dropped after their last attempt")
+    last_status: int | None = Field(description="HTTP status of the last answer")
+    last_error: str | None
+    last_error_at: datetime | None
+    last_delivery_at: datetime | None
+    created_by: str
+    created_at: datetime
+
+
+class WebhookCreatedOut(WebhookOut):
+    secret: str = Field(description="signs every delivery; shown once, in this response only")
+
+
+class WebhookTestOut(BaseModel):
+    name: str
+    event_id: str = Field(description="id of the ping CloudEvent sent")
+    delivered: bool = Field(description="the receiver answered 2xx in time")
+    status: int | None = Field(description="the receiver's HTTP status, if it answered")
+    error: str | None
+    elapsed_ms: float

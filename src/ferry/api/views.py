@@ -72,6 +72,27 @@ def maintenance(status: MaintenanceStatus) -> schemas.MaintenanceOut:
         maintenance=maintenance_info(status.host),
         drain=drain(status.drain),
         instances_remaining=status.instances_remaining,
+        migrations=[
+            schemas.DrainMigrationOut(
+                id=move.migration.id,
+                instance=move.instance,
+                attempt=move.migration.attempt,
+                kind=move.migration.kind,
+                state=move.migration.state,
+                destination=move.destination,
+                bytes_total=move.migration.bytes_total,
+                bytes_sent=move.migration.bytes_sent,
+                bytes_remaining=move.migration.bytes_remaining,
+                throughput_mbps=move.migration.throughput_mbps,
+                passes=move.migration.passes,
+                downtime_ms=move.migration.downtime_ms,
+                error=move.migration.error,
+                created_at=move.migration.created_at,
+                started_at=move.migration.started_at,
+                finished_at=move.migration.finished_at,
+            )
+            for move in status.moves
+        ],
     )
 
 

@@ -1,4 +1,4 @@
-"""ferry bench migration, ferry bench planner."""
+"""ferry bench migration, ferry bench drain, ferry bench planner."""
 
 from __future__ import annotations
 
@@ -38,6 +38,59 @@ def _median(result: dict[str, Any], field: str) -> float:
     import statistics  # noqa: PLC0415
 
     return float(statistics.median(s[field] for s in result["samples"]))
+
+
+DRAIN_COLUMNS = [
+    ("MODE", lambda r: r["mode"]),
+    ("DRAIN s", lambda r: f"{r['wall_s']:.1f}"),
+    ("MOVED MiB", lambda r: f"{r['moved_mib']:.0f}"),
+    ("BOUND s", lambda r: f"{r['bound_s']:.1f}"),
+    ("x BOUND", lambda r: f"{r['ratio_to_bound']:.2f}"),
+    ("x ONE-AT-A-TIME", lambda r: f"{r['ratio_to_one_at_a_time']:.2f}"),
+    (
+        "BLACKOUT ms median/p99/max",
+        lambda r: "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
+    ),
+    ("DOWNTIME ms max", lambda r: max(r["downtimes_ms"], default=0)),
+]
+
+
+@app.command("drain")
+def drain(
+    lab_dir: LabDir = DEFAULT_DIR,
+    instances: Annotated[int, typer.Option(min=1, max=50, help="guests on the drained host")] = 6,
+    max_bandwidth_mib: Annotated[
+        int, typer.Option(min=1, max=100_000, help="the migrations' bandwidth cap")
+    ] = 1000,
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """Drain time of the lab's first host against the physical bound (bytes moved / the source
+    link's TCP throughput) and against one migration at a time, on the same guests."""
+    from ferry.bench.drain import DrainBench, to_json  # noqa: PLC0415
+    from ferry.lab.cluster import LabRecord  # noqa: PLC0415
+    from ferry.lab.lifecycle import LabError  # noqa: PLC0415
+
+    record = LabRecord.load(lab_dir.resolve())
+    if record is None:
+        raise CliError(f"no lab in {lab_dir}: start one with `ferry lab up`")
+
+    def say(line: str) -> None:
+        if fmt is Format.TABLE:
+            console.print(f"[bold]bench[/bold] {line}", highlight=False)
+
+    try:
+        report = to_json(asyncio.run(DrainBench(record, say, instances, max_bandwidth_mib).run()))
+    except LabError as exc:
+        raise CliError(str(exc)) from exc
+    if fmt is Format.JSON:
+        emit_json(report)
+        return
+    table(report["runs"], DRAIN_COLUMNS)
+    console.print(
+        "BOUND: bytes the drain moved / the source link's TCP throughput measured in this run; "
+        "one at a time: max_parallel=1, max_outbound=1, prepare_ahead=0 on the same guests",
+        highlight=False,
+    )
 
 
 @app.command("migration")

@@ -7,8 +7,10 @@ from urllib.parse import quote
 
 import typer
 
-from ferry.cli.client import CliError, poll
+from ferry.cli import drain_view
+from ferry.cli.client import CliError
 from ferry.cli.context import api
+from ferry.cli.migrations import parse_policy
 from ferry.cli.output import Format, FormatOpt, console, emit_json, fields, styled, table, when
 
 app = typer.Typer(help="Hosts: state, enable/disable, maintenance.", no_args_is_help=True)
@@ -147,6 +149,7 @@ def _show_status(status: dict[str, Any]) -> None:
         if drain["error"]:
             pairs.append(("  error", drain["error"]))
     fields(pairs)
+    drain_view.summary(status)
 
 
 def _percent(share: float) -> str:
@@ -202,14 +205,21 @@ def _show_preview(preview: dict[str, Any]) -> None:
         )
 
 
-def _wait(ctx: typer.Context, name: str, timeout: float) -> dict[str, Any]:
-    with console.status(f"draining {name} ..."):
-        return poll(
-            lambda: dict(api(ctx).get(_path(name, "maintenance"))),
-            lambda status: status["maintenance"]["state"] != "draining",
-            timeout=timeout,
-            waiting_for=f"the drain of {name}",
-        )
+def _drain_policy(pairs: list[str] | None) -> dict[str, Any]:
+    """`key=value` pairs; `migration.key=value` goes to the migrations' convergence policy."""
+    flat = parse_policy(pairs)
+    nested = {
+        k.removeprefix("migration."): v for k, v in flat.items() if k.startswith("migration.")
+    }
+    limits = {k: v for k, v in flat.items() if not k.startswith("migration.")}
+    return limits | ({"migration": nested} if nested else {})
+
+
+def _wait(ctx: typer.Context, name: str, timeout: float, *, quiet: bool) -> dict[str, Any]:
+    client = api(ctx)
+    return drain_view.follow(
+        lambda: dict(client.get(_path(name, "maintenance"))), timeout, quiet=quiet
+    )
 
 
 @maintenance.command("enter")
@@ -224,6 +234,13 @@ def enter(
         bool,
         typer.Option("--force", help="enter even if some instances cannot be moved (partial)"),
     ] = False,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="drain policy override, e.g. max_outbound=1, "
+            "migration.max_bandwidth_mib=200 (convergence policy of its migrations)"
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait until the drain ends")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600,
     fmt: FormatOpt = Format.TABLE,
@@ -231,13 +248,13 @@ def enter(
     """Put a host into maintenance: no new instance goes there, and it is drained."""
     result = api(ctx).post(
         _path(name, "maintenance", "enter"),
-        {"reason": reason, "dry_run": dry_run, "force": force},
+        {"reason": reason, "dry_run": dry_run, "force": force, "policy": _drain_policy(policy)},
     )
     if dry_run:
         emit_json(result) if fmt is Format.JSON else _show_preview(result)
         return
     if wait:
-        result = _wait(ctx, name, timeout)
+        result = _wait(ctx, name, timeout, quiet=fmt is Format.JSON)
     emit_json(result) if fmt is Format.JSON else _show_status(result)
     if result["maintenance"]["state"] == "drain_failed":
         raise CliError(f"the drain of {name} failed: {result['drain']['error'] or 'see status'}")

@@ -21,6 +21,7 @@ from ferry.cli import (
     pki_cmd,
     server_groups,
     tokens,
+    webhooks,
 )
 from ferry.cli.client import CliError
 
@@ -38,6 +39,7 @@ app.add_typer(instances.flavors, name="flavor")
 app.add_typer(instances.networks, name="network")
 app.add_typer(server_groups.app, name="server-group")
 app.add_typer(events.app, name="event")
+app.add_typer(webhooks.app, name="webhook")
 app.add_typer(tokens.app, name="token")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(agent_cmd.app, name="agent")

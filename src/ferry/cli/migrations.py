@@ -18,7 +18,7 @@ ACTIVE = {"queued", "scheduled", "preparing", "running", "postcopy", "switching"
 MIB = 2**20
 
 
-def _policy(pairs: list[str] | None) -> dict[str, Any]:
+def parse_policy(pairs: list[str] | None) -> dict[str, Any]:
     """`--policy key=value` pairs; values are JSON when they parse (numbers, true, lists)."""
     policy: dict[str, Any] = {}
     for pair in pairs or []:
@@ -45,7 +45,7 @@ def migrate(
 ) -> None:
     """Live-migrate a running instance over TLS; its IP and MAC stay."""
     client = api(ctx)
-    m = client.post(f"/v1/instances/{name}/migrate", {"host": host, "policy": _policy(policy)})
+    m = client.post(f"/v1/instances/{name}/migrate", {"host": host, "policy": parse_policy(policy)})
     if wait:
         m = _follow(client, m, quiet=fmt is Format.JSON)
     if fmt is Format.JSON:

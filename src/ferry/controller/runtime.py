@@ -12,9 +12,12 @@ from ferry.config import ControllerSettings
 from ferry.controller.agents import AgentClient
 from ferry.db.database import Database
 from ferry.domain.convergence import ConvergencePolicy
+from ferry.domain.drain_policy import DrainPolicy
+from ferry.orchestrator.drains import DrainReconciler
 from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.loop import ReconcileLoop
 from ferry.orchestrator.migrations import MigrationReconciler
+from ferry.orchestrator.webhooks import DeliveryPolicy, WebhookNotifier
 from ferry.pki.tls import ssl_context_client
 from ferry.scheduler.setup import build as build_scheduler
 from ferry.services.catalog import CatalogService
@@ -27,6 +30,7 @@ from ferry.services.placement import Placer
 from ferry.services.server_groups import ServerGroupService
 from ferry.services.store import EventBus, Store
 from ferry.services.tokens import TokenService
+from ferry.services.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +49,30 @@ class Controller:
         self.events = EventService(self.store)
         self.catalog = CatalogService(self.store)
         self.server_groups = ServerGroupService(self.store)
+        self.webhooks = WebhookService(self.store, settings.webhook_timeout)
+        self.notifier = WebhookNotifier(
+            self.store,
+            DeliveryPolicy(
+                timeout=settings.webhook_timeout,
+                max_attempts=settings.webhook_max_attempts,
+                backoff=settings.webhook_backoff,
+                backoff_max=settings.webhook_backoff_max,
+                idle=settings.reconcile_interval,
+            ),
+        )
         self.placer = Placer(
             build_scheduler(settings.scheduler_filters, settings.scheduler_weighers),
             self.liveness,
         )
         self.instances = InstanceService(self.store, self.placer)
-        self.maintenance = MaintenanceService(self.store, self.placer)
+        self.drain_defaults = DrainPolicy().with_overrides(settings.drain_policy)
+        self.maintenance = MaintenanceService(self.store, self.placer, self.drain_defaults)
         self.agents = AgentClient(self._agent_tls())
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         policy = ConvergencePolicy().with_overrides(settings.migration_policy)
         self.migrations = MigrationService(self.store, self.placer, policy)
         migrator = MigrationReconciler(self.store, self.agents)
+        drainer = DrainReconciler(self.store, self.placer, self.drain_defaults, policy)
         self.loops = [
             ReconcileLoop(
                 "liveness",
@@ -64,12 +81,13 @@ class Controller:
             ),
             ReconcileLoop(
                 "drains",
-                self.maintenance.complete_empty_drains,
+                drainer.step,
                 settings.reconcile_interval,
                 self.bus,
             ),
             ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
             ReconcileLoop("migrations", migrator.step, settings.reconcile_interval, self.bus),
+            ReconcileLoop("webhooks", self.notifier.step, settings.reconcile_interval, self.bus),
         ]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -96,5 +114,6 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks = []
+        await self.notifier.close()
         await self.agents.close()
         await self.db.dispose()

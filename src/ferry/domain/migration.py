@@ -1,6 +1,7 @@
 """Migration state machine (DESIGN.md)::
 
     queued -> scheduled -> preparing -> running [-> postcopy] -> switching -> completed
+    queued -> scheduled -> completed  (cold: an instance that does not run; its record moves)
     any non-terminal state -> failed | cancelled
 
 Cancel is refused once post-copy has started: the destination then holds the only complete copy of
@@ -33,6 +34,7 @@ class MigrationAction(StrEnum):
     POSTCOPY = "switch to post-copy"
     SWITCHOVER = "switch over"
     COMPLETE = "complete"
+    MOVE_COLD = "move cold"
     FAIL = "fail"
     CANCEL = "cancel"
 
@@ -46,6 +48,7 @@ _S, _A = MigrationState, MigrationAction
 _FORWARD: dict[tuple[MigrationState, MigrationAction], MigrationState] = {
     (_S.QUEUED, _A.SCHEDULE): _S.SCHEDULED,
     (_S.SCHEDULED, _A.PREPARE): _S.PREPARING,
+    (_S.SCHEDULED, _A.MOVE_COLD): _S.COMPLETED,
     (_S.PREPARING, _A.START): _S.RUNNING,
     (_S.RUNNING, _A.POSTCOPY): _S.POSTCOPY,
     (_S.RUNNING, _A.SWITCHOVER): _S.SWITCHING,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -46,9 +47,10 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.controller.agents import AgentClient, AgentUnavailable
-from ferry.db.models import Allocation, Host, Instance, Migration
+from ferry.db.models import Allocation, Drain, Host, Instance, Migration
 from ferry.db.types import utcnow
 from ferry.domain.convergence import ConvergencePolicy, TimeoutAction
+from ferry.domain.drain_policy import DrainPolicy
 from ferry.domain.events import EventKind
 from ferry.domain.instance import InstanceState
 from ferry.domain.migration import MigrationAction, MigrationState
@@ -72,6 +74,27 @@ SOURCE, DESTINATION = "source", "destination"
 # -- the reconciler ----------------------------------------------------------------------------
 
 
+def gate(jobs: list[Job]) -> None:
+    """Which prepared drain migrations may start streaming this pass: a source streams at most
+    its drain's `max_outbound` at once, and none starts while one of its drain migrations is
+    stalling (its downtime limit escalated), so that one keeps the link to converge."""
+    active = [j for j in jobs if j.state.value in ACTIVE]
+    streaming = Counter(j.source.id for j in active if j.state in STREAMING)
+    stalling = {
+        j.source.id
+        for j in active
+        if j.streams is not None and j.state is _S.RUNNING and j.migration.escalated_at_pass
+    }
+    waiting = [j for j in active if j.state in (_S.SCHEDULED, _S.PREPARING)]
+    for job in sorted(waiting, key=lambda j: j.migration.created_at):
+        if job.streams is None:
+            continue
+        if job.source.id in stalling or streaming[job.source.id] >= job.streams:
+            job.may_stream = False
+        else:
+            streaming[job.source.id] += 1
+
+
 @dataclass
 class Job:
     migration: Migration
@@ -79,6 +102,8 @@ class Job:
     source: Host
     dest: Host
     moving_again: bool = False  # a finished migration whose instance is in flight once more
+    streams: int | None = None  # a drain's limit of streams from one source (None: no limit)
+    may_stream: bool = True
 
     @property
     def state(self) -> MigrationState:
@@ -109,6 +134,7 @@ class MigrationReconciler:
 
     async def step(self) -> None:
         jobs = await self._jobs()
+        gate(jobs)
         await asyncio.gather(*(self._drive(job) for job in jobs))
 
     async def _jobs(self) -> list[Job]:
@@ -125,8 +151,10 @@ class MigrationReconciler:
                 source = await session.get(Host, m.source_host_id)
                 dest = await session.get(Host, m.dest_host_id) if m.dest_host_id else None
                 again = m.state not in ACTIVE and m.instance_id in moving
+                drain = await session.get(Drain, m.drain_id) if m.drain_id else None
+                streams = DrainPolicy.from_json(drain.policy).max_outbound if drain else None
                 if instance and source and dest:
-                    jobs.append(Job(m, instance, source, dest, again))
+                    jobs.append(Job(m, instance, source, dest, again, streams))
             for job in jobs:
                 job.instance.ports  # noqa: B018 - load while the session is open
         return jobs
@@ -148,9 +176,9 @@ class MigrationReconciler:
             await self._cancel(job)
         elif state is _S.SCHEDULED:
             await self._prepare(job)
-            if job.state is _S.PREPARING and not job.migration.cancel_requested:
+            if job.state is _S.PREPARING and job.may_stream and not job.migration.cancel_requested:
                 await self._start(job)  # the destination listens: start in the same pass
-        elif state is _S.PREPARING:
+        elif state is _S.PREPARING and job.may_stream:
             await self._start(job)
         elif state in (_S.RUNNING, _S.POSTCOPY):
             await self._monitor(job)

@@ -11,20 +11,25 @@ orchestrator's work; a drain whose host holds no instance completes at once and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ferry.db.models import Drain, Host, Instance
+from ferry.db.models import Drain, Host, Instance, Migration
 from ferry.db.types import utcnow
 from ferry.domain import validation
+from ferry.domain.convergence import ConvergencePolicy
 from ferry.domain.drain import DRAIN, OPEN_DRAIN_STATES, DrainAction, DrainState
+from ferry.domain.drain_policy import DrainPolicy
 from ferry.domain.errors import Conflict
-from ferry.domain.events import SYSTEM_ACTOR, EventKind
+from ferry.domain.events import EventKind
 from ferry.domain.host import MAINTENANCE, MaintenanceAction, MaintenanceState
 from ferry.domain.instance import InstanceState
+from ferry.domain.migration import MIGRATION, MigrationAction, MigrationState
 from ferry.scheduler.planner import Plan
 from ferry.services.hosts import get_host
+from ferry.services.migrations import ACTIVE, advance
 from ferry.services.placement import Placer
 from ferry.services.store import Store, record
 
@@ -42,10 +47,20 @@ class MaintenancePreview:
 
 
 @dataclass
+class DrainMove:
+    """One migration of a drain, with the names an operator reads."""
+
+    migration: Migration
+    instance: str
+    destination: str | None
+
+
+@dataclass
 class MaintenanceStatus:
     host: Host
     drain: Drain | None
     instances_remaining: int
+    moves: list[DrainMove] = field(default_factory=list)
 
 
 async def instances_on(session: AsyncSession, host_id: int) -> list[Instance]:
@@ -65,6 +80,45 @@ async def latest_drain(session: AsyncSession, host_id: int) -> Drain | None:
 
 def _transition(host: Host, action: MaintenanceAction) -> MaintenanceState:
     return MAINTENANCE.apply(MaintenanceState(host.maintenance_state), action, name=host.name)
+
+
+async def _moves(session: AsyncSession, drain: Drain) -> list[DrainMove]:
+    """The drain's migrations, latest attempt per instance last."""
+    rows = await session.execute(
+        select(Migration, Instance.name, Host.name)
+        .join(Instance, Migration.instance_id == Instance.id)
+        .outerjoin(Host, Migration.dest_host_id == Host.id)
+        .where(Migration.drain_id == drain.id)
+        .order_by(Instance.name, Migration.attempt)
+    )
+    return [DrainMove(m, name, dest) for m, name, dest in rows.all()]
+
+
+async def _abort_migrations(session: AsyncSession, drain: Drain, actor: str) -> None:
+    """Queued migrations of the drain end at once; those under way are asked to abort (the
+    migration loop unwinds them: the instance stays, running, where it is)."""
+    rows = await session.scalars(
+        select(Migration).where(Migration.drain_id == drain.id, Migration.state.in_(ACTIVE))
+    )
+    for migration in rows.all():
+        state = MigrationState(migration.state)
+        if state is MigrationState.QUEUED:
+            advance(migration, MigrationAction.CANCEL)
+            migration.error = "the drain was cancelled"
+            migration.finished_at = utcnow()
+        elif MIGRATION.can(state, MigrationAction.CANCEL):
+            migration.cancel_requested = True
+        else:
+            continue  # post-copy: it can only finish
+        record(
+            session,
+            EventKind.MIGRATION_ABORT_REQUESTED,
+            actor,
+            f"migration {migration.id[:8]} aborted: the drain was cancelled",
+            instance_id=migration.instance_id,
+            migration_id=migration.id,
+            drain_id=drain.id,
+        )
 
 
 def refusal(host: str, plan: Plan) -> Conflict:
@@ -108,9 +162,10 @@ def _notes(instances: list[Instance], plan: Plan) -> list[str]:
 
 
 class MaintenanceService:
-    def __init__(self, store: Store, placer: Placer) -> None:
+    def __init__(self, store: Store, placer: Placer, defaults: DrainPolicy) -> None:
         self.store = store
         self.placer = placer
+        self.defaults = defaults
 
     async def preview(self, name: str, reason: str) -> MaintenancePreview:
         validation.reason(reason)
@@ -129,10 +184,18 @@ class MaintenanceService:
         )
 
     async def enter(
-        self, name: str, reason: str, actor: str, *, force: bool = False
+        self,
+        name: str,
+        reason: str,
+        actor: str,
+        *,
+        force: bool = False,
+        policy: dict[str, Any] | None = None,
     ) -> tuple[Host, Drain]:
         """Plan, check, then exclude the host and open its drain, all in one transaction."""
         reason = validation.reason(reason)
+        limits = self.defaults.with_overrides(policy or {})
+        ConvergencePolicy().with_overrides(limits.migration)  # refuse a bad one now
         async with self.store.write() as session:
             host = await get_host(session, name)
             host.maintenance_state = _transition(host, MaintenanceAction.ENTER).value
@@ -151,7 +214,7 @@ class MaintenanceService:
                 actor=actor,
                 instances_total=len(instances),
                 plan=plan_record(plan),
-                policy={"force": force},
+                policy={**limits.to_json(), "force": force},
             )
             session.add(drain)
             await session.flush()
@@ -189,6 +252,7 @@ class MaintenanceService:
             drain = await latest_drain(session, host.id)
             if drain is not None and DrainState(drain.state) in OPEN_DRAIN_STATES:
                 self._finish(drain, DrainAction.CANCEL)
+                await _abort_migrations(session, drain, actor)
                 record(
                     session,
                     EventKind.DRAIN_CANCELLED,
@@ -218,41 +282,8 @@ class MaintenanceService:
             host = await get_host(session, name)
             drain = await latest_drain(session, host.id)
             remaining = len(await instances_on(session, host.id))
-        return MaintenanceStatus(host, drain, remaining)
-
-    async def complete_empty_drains(self) -> list[str]:
-        """Finish every running drain whose host holds no instance any more."""
-        finished: list[str] = []
-        async with self.store.write() as session:
-            rows = await session.execute(
-                select(Drain, Host)
-                .join(Host, Drain.host_id == Host.id)
-                .where(Drain.state == DrainState.RUNNING.value)
-            )
-            for drain, host in rows.all():
-                if await instances_on(session, host.id):
-                    continue
-                self._finish(drain, DrainAction.COMPLETE)
-                host.maintenance_state = _transition(host, MaintenanceAction.DRAINED).value
-                host.maintenance_changed_at = utcnow()
-                record(
-                    session,
-                    EventKind.DRAIN_COMPLETED,
-                    SYSTEM_ACTOR,
-                    f"drain of {host.name} completed",
-                    host=host.name,
-                    drain_id=drain.id,
-                )
-                record(
-                    session,
-                    EventKind.MAINTENANCE_COMPLETED,
-                    SYSTEM_ACTOR,
-                    f"host {host.name} is in maintenance",
-                    host=host.name,
-                    drain_id=drain.id,
-                )
-                finished.append(host.name)
-        return finished
+            moves = await _moves(session, drain) if drain else []
+        return MaintenanceStatus(host, drain, remaining, moves)
 
     @staticmethod
     def _finish(drain: Drain, action: DrainAction) -> None:

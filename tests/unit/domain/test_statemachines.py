@@ -39,7 +39,12 @@ class Spec:
 
 _MIGRATION_TABLE: dict[str, dict[str, str]] = {
     "queued": {"SCHEDULE": "scheduled", "FAIL": "failed", "CANCEL": "cancelled"},
-    "scheduled": {"PREPARE": "preparing", "FAIL": "failed", "CANCEL": "cancelled"},
+    "scheduled": {
+        "PREPARE": "preparing",
+        "MOVE_COLD": "completed",
+        "FAIL": "failed",
+        "CANCEL": "cancelled",
+    },
     "preparing": {"START": "running", "FAIL": "failed", "CANCEL": "cancelled"},
     "running": {
         "POSTCOPY": "postcopy",

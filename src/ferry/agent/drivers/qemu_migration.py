@@ -188,6 +188,7 @@ class QemuMigration(Driver):
 
     config: QemuConfig
     _creds: Path | None = None
+    _creds_lock: asyncio.Lock | None = None
 
     # -- hooks (QemuDriver) ---------------------------------------------------------------------
 
@@ -217,12 +218,16 @@ class QemuMigration(Driver):
     # -- helpers --------------------------------------------------------------------------------
 
     async def _tls(self) -> Path:
-        """The QEMU credentials directory <run_dir>/tls, built once per agent process."""
-        if self._creds is None:
-            if self.config.tls is None:
-                raise DriverError("this host has no TLS credentials: it cannot migrate guests")
-            dest = self.config.run_dir / TLS_DIR
-            self._creds = await asyncio.to_thread(build_creds_dir, self.config.tls, dest)
+        """The QEMU credentials directory <run_dir>/tls, built once per agent process (under a
+        lock: two migrations prepared at once must not rebuild it under each other)."""
+        if self._creds_lock is None:
+            self._creds_lock = asyncio.Lock()
+        async with self._creds_lock:
+            if self._creds is None:
+                if self.config.tls is None:
+                    raise DriverError("this host has no TLS credentials: it cannot migrate guests")
+                dest = self.config.run_dir / TLS_DIR
+                self._creds = await asyncio.to_thread(build_creds_dir, self.config.tls, dest)
         return self._creds
 
     def _incoming(self, instance_id: str) -> bool:

@@ -68,7 +68,7 @@ async def enter_maintenance(
 ) -> schemas.MaintenanceOut | schemas.MaintenancePreviewOut:
     if body.dry_run:
         return views.preview(await ctl.maintenance.preview(name, body.reason))
-    await ctl.maintenance.enter(name, body.reason, who.name, force=body.force)
+    await ctl.maintenance.enter(name, body.reason, who.name, force=body.force, policy=body.policy)
     return views.maintenance(await ctl.maintenance.status(name))
 
 

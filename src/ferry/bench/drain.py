@@ -1,0 +1,183 @@
+"""`ferry bench drain`: how long a live drain of a host takes, against the physical bound (the
+bytes the drain moved divided by the source's link throughput, measured by a TCP stream in the
+same run) and against the same drain done one migration at a time (`max_parallel` 1,
+`max_outbound` 1, `prepare_ahead` 0: what a client-side loop does), on the same guests in the
+same run. Every guest is pinged every 20 ms during each drain: the blackout per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ferry.bench.migration import MIB, POLL, Say, _answers, link_throughput
+from ferry.bench.probe import Pinger
+from ferry.lab.cluster import LabRecord
+from ferry.lab.lifecycle import ControllerApi, LabError, wait_for
+
+ONE_AT_A_TIME = {"max_parallel": 1, "max_outbound": 1, "prepare_ahead": 0}
+MODES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("ferry", {}),
+    ("one at a time", ONE_AT_A_TIME),
+)
+
+
+@dataclass(frozen=True)
+class DrainRun:
+    mode: str
+    wall_s: float  # maintenance enter to in_maintenance
+    moved_mib: float  # bytes the drain's migrations sent
+    link_mibps: float
+    blackouts_ms: list[float] = field(default_factory=list)
+    downtimes_ms: list[int] = field(default_factory=list)
+
+    @property
+    def bound_s(self) -> float:
+        return self.moved_mib / self.link_mibps
+
+    @property
+    def ratio_to_bound(self) -> float:
+        return self.wall_s / self.bound_s if self.bound_s else float("inf")
+
+
+def blackout_summary(values: list[float]) -> dict[str, float]:
+    """Median, p99 (nearest rank) and max of per-instance blackouts."""
+    if not values:
+        return {"median": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(values)
+    rank = max(0, math.ceil(0.99 * len(ordered)) - 1)
+    return {"median": statistics.median(ordered), "p99": ordered[rank], "max": ordered[-1]}
+
+
+class DrainBench:
+    def __init__(self, record: LabRecord, say: Say, instances: int, max_bandwidth_mib: int):
+        if len(record.hosts) < 3:
+            raise LabError("the drain bench needs a lab of at least 3 hosts")
+        self.api = ControllerApi(record)
+        self.hosts = record.hosts[:3]
+        self.say, self.count, self.max_bandwidth_mib = say, instances, max_bandwidth_mib
+        self.names = [f"drain-{n}" for n in range(instances)]
+
+    async def run(self) -> list[DrainRun]:
+        source = self.hosts[0]
+        link = await link_throughput(source, self.hosts[1])
+        self.say(f"source link {source.name} -> {self.hosts[1].name}: {link:.0f} MiB/s (TCP)")
+        try:
+            ips = await self._boot()
+            runs = []
+            for mode, limits in MODES:
+                await self._gather_on_source()
+                runs.append(await self._drain(mode, limits, ips, link))
+                self.say(_brief(runs[-1]))
+            return runs
+        finally:
+            await self._clean_up()
+
+    async def _boot(self) -> dict[str, str]:
+        for name in self.names:
+            body = {"name": name, "flavor": "tiny", "network": "lab", "host": self.hosts[0].name}
+            await self.api.call("POST", "/v1/instances", json=body)
+        return {name: await self._ready(name) for name in self.names}
+
+    async def _ready(self, name: str) -> str:
+        inst = await wait_for(lambda: self._running(name), f"{name} to boot", 180)
+        ip = str(inst["ports"][0]["ip"])
+        await wait_for(lambda: _answers(ip), f"{name} to answer", 60)
+        return ip
+
+    async def _running(self, name: str) -> dict[str, Any] | None:
+        inst: dict[str, Any] = await self.api.call("GET", f"/v1/instances/{name}")
+        if inst["state"] == "error":
+            raise LabError(f"{name} failed: {inst.get('error')}")
+        return inst if inst["state"] == "running" else None
+
+    async def _gather_on_source(self) -> None:
+        """Bring every guest back to the source, one after the other."""
+        source = self.hosts[0].name
+        for name in self.names:
+            inst = await self.api.call("GET", f"/v1/instances/{name}")
+            if inst["host"] == source:
+                continue
+            body = {"host": source, "policy": {"max_bandwidth_mib": self.max_bandwidth_mib}}
+            m = await self.api.call("POST", f"/v1/instances/{name}/migrate", json=body)
+            while m["state"] not in ("completed", "failed", "cancelled"):
+                await asyncio.sleep(POLL)
+                m = await self.api.call("GET", f"/v1/migrations/{m['id']}")
+            if m["state"] != "completed":
+                raise LabError(f"could not bring {name} back: {m['error']}")
+
+    async def _drain(
+        self, mode: str, limits: dict[str, Any], ips: dict[str, str], link: float
+    ) -> DrainRun:
+        source = self.hosts[0].name
+        pingers = {name: await Pinger.start(ip) for name, ip in ips.items()}
+        await asyncio.sleep(0.5)
+        policy = {**limits, "migration": {"max_bandwidth_mib": self.max_bandwidth_mib}}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        body = {"reason": f"bench: {mode}", "policy": policy}
+        await self.api.call("POST", f"/v1/hosts/{source}/maintenance/enter", json=body)
+        status = await self._status()
+        while status["maintenance"]["state"] == "draining":
+            await asyncio.sleep(POLL)
+            status = await self._status()
+        wall = loop.time() - started
+        await asyncio.sleep(0.5)
+        blackouts = [(await p.stop()).ms for p in pingers.values()]
+        await self.api.call(
+            "POST", f"/v1/hosts/{source}/maintenance/exit", json={"reason": "bench"}
+        )
+        if status["maintenance"]["state"] != "in_maintenance":
+            raise LabError(f"the {mode} drain ended {status['maintenance']['state']}: "
+                           f"{status['drain']['error']}")  # fmt: skip
+        done = [m for m in status["migrations"] if m["state"] == "completed"]
+        return DrainRun(
+            mode=mode,
+            wall_s=wall,
+            moved_mib=sum(m["bytes_sent"] or 0 for m in done) / MIB,
+            link_mibps=link,
+            blackouts_ms=blackouts,
+            downtimes_ms=[int(m["downtime_ms"] or 0) for m in done],
+        )
+
+    async def _status(self) -> dict[str, Any]:
+        status: dict[str, Any] = await self.api.call(
+            "GET", f"/v1/hosts/{self.hosts[0].name}/maintenance"
+        )
+        return status
+
+    async def _clean_up(self) -> None:
+        try:
+            for name in self.names:
+                with contextlib.suppress(LabError):  # never booted, or gone already
+                    await self.api.call("DELETE", f"/v1/instances/{name}")
+        finally:
+            await self.api.http.aclose()
+
+
+def _brief(run: DrainRun) -> str:
+    b = blackout_summary(run.blackouts_ms)
+    return (
+        f"{run.mode}: {run.wall_s:.1f} s for {run.moved_mib:.0f} MiB (bound {run.bound_s:.1f} s,"
+        f" x{run.ratio_to_bound:.2f}); blackout median {b['median']:.0f} ms, max {b['max']:.0f} ms"
+    )
+
+
+def to_json(runs: list[DrainRun]) -> dict[str, Any]:
+    baseline = next((r for r in runs if r.mode == "one at a time"), None)
+    return {
+        "runs": [
+            {
+                **asdict(r),
+                "bound_s": r.bound_s,
+                "ratio_to_bound": r.ratio_to_bound,
+                "blackout_ms": blackout_summary(r.blackouts_ms),
+                "ratio_to_one_at_a_time": r.wall_s / baseline.wall_s if baseline else None,
+            }
+            for r in runs
+        ]
+    }

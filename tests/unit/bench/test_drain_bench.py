@@ -1,0 +1,29 @@
+"""The drain bench's arithmetic: the physical bound, ratios, and the blackout summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferry.bench.drain import DrainRun, blackout_summary, to_json
+
+
+def test_bound_is_bytes_moved_over_the_source_link() -> None:
+    run = DrainRun("ferry", wall_s=12.0, moved_mib=600.0, link_mibps=100.0)
+    assert run.bound_s == pytest.approx(6.0)
+    assert run.ratio_to_bound == pytest.approx(2.0)
+
+
+def test_ratios_against_one_at_a_time_come_from_the_same_report() -> None:
+    ferry = DrainRun("ferry", 10.0, 500.0, 100.0, [100.0, 300.0], [90, 250])
+    serial = DrainRun("one at a time", 25.0, 500.0, 100.0, [120.0], [110])
+    report = to_json([ferry, serial])["runs"]
+    assert [r["ratio_to_one_at_a_time"] for r in report] == [pytest.approx(0.4), 1.0]
+    assert report[0]["blackout_ms"] == {"median": 200.0, "p99": 300.0, "max": 300.0}
+    assert to_json([ferry])["runs"][0]["ratio_to_one_at_a_time"] is None
+
+
+def test_blackout_summary_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100 ms
+    assert blackout_summary(values) == {"median": 50.5, "p99": 99.0, "max": 100.0}
+    assert blackout_summary([]) == {"median": 0.0, "p99": 0.0, "max": 0.0}
+    assert blackout_summary([7.0]) == {"median": 7.0, "p99": 7.0, "max": 7.0}
