@@ -291,3 +291,21 @@ async def test_every_change_records_its_caller_as_actor(api: Api) -> None:
     } <= actors
     by_actor = {actor for kind, actor in actors if not kind.startswith(("drain.", "token."))}
     assert by_actor <= {"rack7-agent", "alice@ops", "system"}
+
+
+async def test_retry_only_from_drain_failed(api: Api) -> None:
+    await _registered(api)
+    response = await _post(api, "maintenance/retry")
+    assert response.status_code == 409
+    assert response.json()["error"] == "illegal_transition"
+    assert "cannot retry the drain in state 'in_service'" in response.json()["message"]
+    await api.register("node-2")
+    await api.act("node-2", "disable", {"reason": "spare parts"})
+    await api.add_instance("node-1")
+    await _enter(api, force=True, policy={"max_attempts": 1})  # nowhere to go: it fails
+    failed = await _until_state(api, "drain_failed")
+    assert "could not be moved" in failed["drain"]["error"]
+    retried = await _post(api, "maintenance/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["maintenance"]["state"] == "draining"
+    assert "drain.retried" in await api.kinds()

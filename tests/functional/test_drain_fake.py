@@ -231,6 +231,18 @@ def test_forced_partial_drain_moves_what_fits_and_names_the_rest(cluster: TlsClu
     assert cluster.api("GET", f"/v1/instances/{big[0]}")["host"] == "host1"
     assert status["drain"]["instances_failed"] == 1 and status["drain"]["instances_moved"] == 2
 
+    # the operator frees room and retries: a new round gives huge0 fresh attempts
+    cluster.api("DELETE", "/v1/instances/resident")
+    wait_until(lambda: cluster.api("GET", "/v1/hosts/host2")["instances"] == 2, what="room")
+    retried = cluster.api("POST", "/v1/hosts/host1/maintenance/retry")
+    assert retried["maintenance"]["state"] == "draining" and retried["drain"]["error"] is None
+    status = _settled(cluster)
+    assert status["maintenance"]["state"] == "in_maintenance", status["drain"]
+    assert (status["drain"]["instances_moved"], status["drain"]["instances_failed"]) == (3, 0)
+    attempts = [m["attempt"] for m in status["migrations"] if m["instance"] == "huge0"]
+    assert attempts == [1, 2, 3]
+    assert cluster.api("GET", f"/v1/instances/{big[0]}")["host"] == "host2"
+
 
 def test_controller_killed_at_random_points_of_drains(cluster: TlsCluster) -> None:
     """Drains back and forth between host1 and the others, the controller SIGKILLed at random

@@ -260,6 +260,23 @@ def enter(
         raise CliError(f"the drain of {name} failed: {result['drain']['error'] or 'see status'}")
 
 
+@maintenance.command("retry")
+def retry(
+    ctx: typer.Context,
+    name: Name,
+    wait: Annotated[bool, typer.Option("--wait", help="wait until the drain ends")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits at most")] = 3600,
+    fmt: FormatOpt = Format.TABLE,
+) -> None:
+    """Retry a failed drain: the instances still on the host get fresh attempts."""
+    result = api(ctx).post(_path(name, "maintenance", "retry"), {})
+    if wait:
+        result = _wait(ctx, name, timeout, quiet=fmt is Format.JSON)
+    emit_json(result) if fmt is Format.JSON else _show_status(result)
+    if result["maintenance"]["state"] == "drain_failed":
+        raise CliError(f"the drain of {name} failed: {result['drain']['error'] or 'see status'}")
+
+
 @maintenance.command("exit")
 def exit_(
     ctx: typer.Context, name: Name, reason: OptReason = None, fmt: FormatOpt = Format.TABLE

@@ -20,6 +20,7 @@ class EventKind(StrEnum):
     DRAIN_COMPLETED = "drain.completed"
     DRAIN_FAILED = "drain.failed"
     DRAIN_CANCELLED = "drain.cancelled"
+    DRAIN_RETRIED = "drain.retried"
     INSTANCE_CREATED = "instance.created"
     INSTANCE_RUNNING = "instance.running"
     INSTANCE_ERROR = "instance.error"

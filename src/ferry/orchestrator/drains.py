@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,6 +87,7 @@ class DrainReconciler:
         self.placer = placer
         self.defaults = defaults
         self.convergence = convergence
+        self._earlier: Counter[str] = Counter()
 
     async def step(self) -> None:
         async with self.store.reading() as session:
@@ -111,9 +113,8 @@ class DrainReconciler:
             assert host is not None
             policy = DrainPolicy.from_json(drain.policy)
             instances = await instances_on(session, host.id)
-            tries = await _attempts(session, drain.id)
-            moved = sum(1 for ms in tries.values() if any(m.state == _S.COMPLETED for m in ms))
-            _set(drain, "instances_moved", moved)
+            tries, self._earlier, moved = await _attempts(session, drain)
+            _set(drain, "instances_moved", len(moved))
             if not instances:
                 _finish(session, drain, host, DrainAction.COMPLETE, None)
                 return
@@ -184,7 +185,7 @@ class DrainReconciler:
             drain_id=drain.id,
             kind=(MigrationKind.LIVE if live else MigrationKind.COLD).value,
             state=_S.QUEUED.value,
-            attempt=len(attempts) + 1,
+            attempt=len(attempts) + 1 + self._earlier[instance.id],
             actor=drain.actor,
             policy=convergence.to_json(),
             downtime_limit_ms=convergence.downtime_ladder_ms[0],
@@ -319,16 +320,33 @@ def _set(drain: Drain, column: str, value: int) -> None:
         setattr(drain, column, value)
 
 
-async def _attempts(session: AsyncSession, drain_id: str) -> dict[str, list[Migration]]:
+async def _attempts(
+    session: AsyncSession, drain: Drain
+) -> tuple[dict[str, list[Migration]], Counter[str], set[str]]:
+    """The drain's migrations of its current round per instance (a retried drain starts a new
+    round: earlier failures no longer count), how many each instance had before, and the
+    instances any round moved."""
+    since = (
+        datetime.fromisoformat(drain.policy["round_since"])
+        if "round_since" in drain.policy
+        else None
+    )
     rows = await session.scalars(
         select(Migration)
-        .where(Migration.drain_id == drain_id)
+        .where(Migration.drain_id == drain.id)
         .order_by(Migration.attempt, Migration.created_at)
     )
     tries: dict[str, list[Migration]] = {}
+    earlier: Counter[str] = Counter()
+    moved: set[str] = set()
     for m in rows.all():
-        tries.setdefault(m.instance_id, []).append(m)
-    return tries
+        if m.state == _S.COMPLETED:
+            moved.add(m.instance_id)
+        if since is not None and m.created_at < since:
+            earlier[m.instance_id] += 1
+        else:
+            tries.setdefault(m.instance_id, []).append(m)
+    return tries, earlier, moved
 
 
 async def _load(session: AsyncSession) -> _Load:

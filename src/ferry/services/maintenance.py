@@ -277,6 +277,29 @@ class MaintenanceService:
             )
         return host
 
+    async def retry(self, name: str, actor: str) -> Host:
+        """A failed drain runs again: a new round in which every instance still on the host
+        gets fresh attempts (after the operator freed capacity or fixed a host)."""
+        async with self.store.write() as session:
+            host = await get_host(session, name)
+            host.maintenance_state = _transition(host, MaintenanceAction.RETRY).value
+            drain = await latest_drain(session, host.id)
+            assert drain is not None  # drain_failed always has its drain
+            drain.state = DRAIN.apply(DrainState(drain.state), DrainAction.RETRY).value
+            drain.error = None
+            drain.finished_at = None
+            drain.policy = {**drain.policy, "round_since": utcnow().isoformat()}
+            host.maintenance_changed_at = utcnow()
+            record(
+                session,
+                EventKind.DRAIN_RETRIED,
+                actor,
+                f"drain of {name} retried",
+                host=name,
+                drain_id=drain.id,
+            )
+        return host
+
     async def status(self, name: str) -> MaintenanceStatus:
         async with self.store.reading() as session:
             host = await get_host(session, name)

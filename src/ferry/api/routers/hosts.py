@@ -73,6 +73,17 @@ async def enter_maintenance(
 
 
 @router.post(
+    "/{name}/maintenance/retry",
+    response_model=schemas.MaintenanceOut,
+    responses=ERRORS,
+    summary="Retry a failed drain: instances still on the host get fresh attempts",
+)
+async def retry_drain(ctl: Ctl, who: Operator, name: str) -> schemas.MaintenanceOut:
+    await ctl.maintenance.retry(name, who.name)
+    return views.maintenance(await ctl.maintenance.status(name))
+
+
+@router.post(
     "/{name}/maintenance/exit",
     response_model=schemas.MaintenanceOut,
     responses=ERRORS,
