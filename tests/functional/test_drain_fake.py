@@ -290,3 +290,24 @@ def test_enter_wait_shows_progress_per_instance_and_a_summary(cluster: TlsCluste
     assert "3 of 3 instance(s) moved in" in out
     status = json.loads(cli("host", "maintenance", "status", "host1", "-f", "json").stdout)
     assert status["maintenance"]["state"] == "in_maintenance"
+
+
+def test_an_instance_that_does_not_run_moves_cold(cluster: TlsCluster) -> None:
+    names = _boot(cluster, 2)
+    crashed = cluster.api("GET", "/v1/instances/vm1")
+    url = load_agent_settings(cluster.root / "host1.toml").agent_url
+    tls = cluster.client_tls(cluster.controller_cert)
+    gone = httpx.delete(f"{url}/v1/guests/{crashed['id']}", verify=tls, timeout=30)
+    assert gone.status_code == 204  # its QEMU is gone: the controller marks it `error`
+    wait_until(
+        lambda: cluster.api("GET", "/v1/instances/vm1")["state"] == "error", what="vm1 in error"
+    )
+    _enter(cluster)
+    status = _settled(cluster)
+    assert status["maintenance"]["state"] == "in_maintenance", status["drain"]
+    kinds = {m["instance"]: m["kind"] for m in status["migrations"]}
+    assert kinds == {"vm0": "live", "vm1": "cold"}
+    cold = cluster.api("GET", "/v1/instances/vm1")
+    assert cold["state"] == "error" and cold["host"] in ("host2", "host3")
+    assert dict((n, h) for n, h, _ in _claims(cluster))["vm1"] == cold["host"]
+    assert len([c for c in _claims(cluster) if c[0] in names]) == 2  # one claim each
