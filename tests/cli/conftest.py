@@ -9,8 +9,13 @@ from tests.cli.live import Cli, LiveController
 
 
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[LiveController]:
-    live = LiveController(tmp_path / "state")
+def controller(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveController]:
+    """A controller process. A module may set HEARTBEAT_INTERVAL (e.g. 120, so hosts registered
+    once stay up while nothing heartbeats for them, and the scheduler places on them)."""
+    interval = getattr(request.module, "HEARTBEAT_INTERVAL", None)
+    live = LiveController(
+        tmp_path / "state", **({"heartbeat_interval": interval} if interval else {})
+    )
     live.start()
     try:
         yield live

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -150,3 +151,13 @@ class Cli:
         if code == 1:
             assert len(lines) == 1, result.stderr
         return result.stderr.strip()
+
+
+def json_of(cli: Cli, *args: str) -> Any:
+    """The JSON a command prints with `-f json`."""
+    return json.loads(cli(*args, "-f", "json").stdout)
+
+
+def rows(table: str) -> list[list[str]]:
+    """A printed table as words per line."""
+    return [line.split() for line in table.splitlines() if line.strip()]

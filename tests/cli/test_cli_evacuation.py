@@ -4,24 +4,12 @@ refused with reasons when the cluster cannot take every instance, unless forced.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.cli.live import Cli, LiveController
 
-
-@pytest.fixture
-def controller(tmp_path: Path) -> Iterator[LiveController]:
-    """Hosts registered once stay up (nothing heartbeats for them here)."""
-    live = LiveController(tmp_path / "state", heartbeat_interval=120)
-    live.start()
-    try:
-        yield live
-    finally:
-        if live.process is not None:
-            live.stop()
+HEARTBEAT_INTERVAL = 120  # hosts registered once stay up: nothing heartbeats for them here
 
 
 @pytest.fixture

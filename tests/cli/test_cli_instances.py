@@ -3,35 +3,9 @@ so instances stay 'building' and a deletion completes by the controller's reconc
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from tests.cli.live import Cli, json_of, rows
 
-import pytest
-
-from tests.cli.live import Cli, LiveController
-
-
-@pytest.fixture
-def controller(tmp_path: Path) -> Iterator[LiveController]:
-    """The suite's controller, but hosts registered once stay up: nothing heartbeats for them
-    here, and the scheduler places only on hosts that are up."""
-    live = LiveController(tmp_path / "state", heartbeat_interval=120)
-    live.start()
-    try:
-        yield live
-    finally:
-        if live.process is not None:
-            live.stop()
-
-
-def _json(cli: Cli, *args: str) -> Any:
-    return json.loads(cli(*args, "-f", "json").stdout)
-
-
-def _rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines() if line.strip()]
+HEARTBEAT_INTERVAL = 120  # hosts registered once stay up: nothing heartbeats for them here
 
 
 def _catalog(cli: Cli) -> None:
@@ -43,12 +17,12 @@ def test_flavor_create_list_and_errors(cli: Cli, hosts: list[str]) -> None:
     assert cli("flavor", "list").stdout.strip() == "no flavors"
     made = cli("flavor", "create", "m1", "--vcpus", "2", "--ram-mb", "1024")
     assert made.stdout.strip() == "flavor m1 created"
-    small = _json(cli, "flavor", "create", "a0")
+    small = json_of(cli, "flavor", "create", "a0")
     assert small == {"name": "a0", "vcpus": 1, "ram_mb": 128, "disk_gb": 0}
-    rows = _rows(cli("flavor", "list").stdout)
-    assert rows[0] == ["NAME", "VCPUS", "RAM", "MiB", "DISK", "GiB"]
-    assert rows[1:] == [["a0", "1", "128", "0"], ["m1", "2", "1024", "0"]]
-    assert [f["name"] for f in _json(cli, "flavor", "list")] == ["a0", "m1"]
+    listed = rows(cli("flavor", "list").stdout)
+    assert listed[0] == ["NAME", "VCPUS", "RAM", "MiB", "DISK", "GiB"]
+    assert listed[1:] == [["a0", "1", "128", "0"], ["m1", "2", "1024", "0"]]
+    assert [f["name"] for f in json_of(cli, "flavor", "list")] == ["a0", "m1"]
     duplicate = cli.fails("flavor", "create", "m1")
     assert "a flavor named 'm1' exists already (HTTP 409)" in duplicate
     assert "HTTP 422" in cli.fails("flavor", "create", "Big_One")
@@ -60,16 +34,16 @@ def test_flavor_and_network_delete(cli: Cli, hosts: list[str]) -> None:
     _catalog(cli)
     assert cli("flavor", "delete", "m1").stdout.strip() == "flavor m1 deleted"
     assert cli("network", "delete", "default").stdout.strip() == "network default deleted"
-    assert _json(cli, "flavor", "list") == [] and _json(cli, "network", "list") == []
+    assert json_of(cli, "flavor", "list") == [] and json_of(cli, "network", "list") == []
 
 
 def test_network_create_list_and_validation(cli: Cli, hosts: list[str]) -> None:
     assert cli("network", "list").stdout.strip() == "no networks"
     made = cli("network", "create", "default", "--cidr", "198.19.0.0/24", "--gateway", "198.19.0.1")
     assert made.stdout.strip() == "network default created"
-    other = _json(cli, "network", "create", "spare", "--cidr", "10.7.0.0/30")
+    other = json_of(cli, "network", "create", "spare", "--cidr", "10.7.0.0/30")
     assert other == {"name": "spare", "cidr": "10.7.0.0/30", "gateway": None}
-    assert _rows(cli("network", "list").stdout) == [
+    assert rows(cli("network", "list").stdout) == [
         ["NAME", "RANGE", "GATEWAY"],
         ["default", "198.19.0.0/24", "198.19.0.1"],
         ["spare", "10.7.0.0/30", "-"],
@@ -78,12 +52,12 @@ def test_network_create_list_and_validation(cli: Cli, hosts: list[str]) -> None:
     assert bad.startswith("error: invalid network range '198.19.0.0/33'") and "HTTP 422" in bad
     outside = cli.fails("network", "create", "x", "--cidr", "10.8.0.0/24", "--gateway", "10.9.0.1")
     assert "gateway 10.9.0.1 is not a host address of 10.8.0.0/24 (HTTP 422)" in outside
-    assert [n["name"] for n in _json(cli, "network", "list")] == ["default", "spare"]
+    assert [n["name"] for n in json_of(cli, "network", "list")] == ["default", "spare"]
 
 
 def test_instance_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     _catalog(cli)
-    vm1 = _json(cli, "instance", "create", "vm1", "--flavor", "m1")
+    vm1 = json_of(cli, "instance", "create", "vm1", "--flavor", "m1")
     assert vm1["host"] in hosts and vm1["state"] == "building"
     assert (vm1["vcpus"], vm1["ram_mb"], vm1["created_by"]) == (2, 1024, "admin")
     port = vm1["ports"][0]
@@ -91,29 +65,29 @@ def test_instance_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     assert port["mac"].startswith("52:54:00:")
     pinned = cli("instance", "create", "vm2", "--flavor", "m1", "--host", "host1").stdout
     assert pinned.strip() == "instance vm2 building on host1 with 198.19.0.3"
-    vm3 = _json(cli, "instance", "create", "vm3", "--flavor", "m1")
+    vm3 = json_of(cli, "instance", "create", "vm3", "--flavor", "m1")
     assert vm3["host"] not in (vm1["host"], "host1")  # the emptiest host: load spreads
 
-    listed = _rows(cli("instance", "list").stdout)
+    listed = rows(cli("instance", "list").stdout)
     assert listed[0] == ["NAME", "STATE", "HOST", "FLAVOR", "IP", "ERROR"]
     assert listed[1:] == [
         ["vm1", "building", vm1["host"], "m1", "198.19.0.2"],
         ["vm2", "building", "host1", "m1", "198.19.0.3"],
         ["vm3", "building", vm3["host"], "m1", "198.19.0.4"],
     ]
-    assert [i["name"] for i in _json(cli, "instance", "list", "--host", vm3["host"])] == ["vm3"]
+    assert [i["name"] for i in json_of(cli, "instance", "list", "--host", vm3["host"])] == ["vm3"]
     shown = dict(line.split(None, 1) for line in cli("instance", "show", "vm1").stdout.splitlines())
     assert shown["id"] == vm1["id"] and shown["state"] == "building"
     assert shown["flavor"] == "m1 (2 vCPU, 1024 MiB)"
     assert shown["ports"] == f"default 198.19.0.2 {port['mac']}"
     assert shown["created"].endswith("by admin")
-    assert _json(cli, "instance", "show", vm1["id"])["name"] == "vm1"
+    assert json_of(cli, "instance", "show", vm1["id"])["name"] == "vm1"
 
     gone = cli("instance", "delete", "vm1", "--wait", "--timeout", "20")
     assert gone.stdout.strip() == "instance vm1 deleted"
-    assert [i["name"] for i in _json(cli, "instance", "list")] == ["vm2", "vm3"]
+    assert [i["name"] for i in json_of(cli, "instance", "list")] == ["vm2", "vm3"]
     assert "no instance named 'vm1' (HTTP 404)" in cli.fails("instance", "show", "vm1")
-    vm4 = _json(cli, "instance", "create", "vm4", "--flavor", "m1")
+    vm4 = json_of(cli, "instance", "create", "vm4", "--flavor", "m1")
     assert vm4["ports"][0]["ip"] == "198.19.0.2"  # vm1's address was released
 
 

@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from tests.cli.live import Cli, LiveController, json_of, rows
 
-import pytest
-
-from tests.cli.live import Cli, LiveController
+HEARTBEAT_INTERVAL = 120  # hosts registered once stay up: nothing heartbeats for them here
 
 POLICIES = "affinity, anti-affinity, soft-affinity, soft-anti-affinity"
-
-
-@pytest.fixture
-def controller(tmp_path: Path) -> Iterator[LiveController]:
-    """Hosts registered once stay up: nothing heartbeats for them here, and the scheduler
-    places only on hosts that are up."""
-    live = LiveController(tmp_path / "state", heartbeat_interval=120)
-    live.start()
-    try:
-        yield live
-    finally:
-        if live.process is not None:
-            live.stop()
-
-
-def _json(cli: Cli, *args: str) -> Any:
-    return json.loads(cli(*args, "-f", "json").stdout)
-
-
-def _rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines() if line.strip()]
 
 
 def _catalog(cli: Cli) -> None:
@@ -44,7 +18,7 @@ def test_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     assert cli("server-group", "list").stdout.strip() == "no server groups"
     made = cli("server-group", "create", "web", "--policy", "anti-affinity")
     assert made.stdout.strip() == "server group web created (anti-affinity)"
-    db = _json(cli, "server-group", "create", "db", "--policy", "affinity")
+    db = json_of(cli, "server-group", "create", "db", "--policy", "affinity")
     assert (db["name"], db["policy"], db["members"], db["created_by"]) == (
         "db",
         "affinity",
@@ -53,9 +27,9 @@ def test_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     )
     _catalog(cli)
     joined = cli("instance", "create", "vm1", "--flavor", "m1", "--group", "web").stdout.strip()
-    vm1 = _json(cli, "instance", "show", "vm1")
+    vm1 = json_of(cli, "instance", "show", "vm1")
     assert joined == f"instance vm1 building on {vm1['host']} with 198.19.0.2 in server group web"
-    vm2 = _json(cli, "instance", "create", "vm2", "--flavor", "m1", "--group", "web")
+    vm2 = json_of(cli, "instance", "create", "vm2", "--flavor", "m1", "--group", "web")
     assert (vm1["server_group"], vm2["server_group"]) == ("web", "web")
     # The emptiest host would be chosen anyway; pinning vm3 to vm1's host shows the rule holds.
     pinned = cli.fails(
@@ -64,12 +38,12 @@ def test_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     assert "server-group anti-affinity: 1" in pinned and "(HTTP 409)" in pinned
     assert vm2["host"] != vm1["host"]
 
-    assert _rows(cli("server-group", "list").stdout) == [
+    assert rows(cli("server-group", "list").stdout) == [
         ["NAME", "POLICY", "MEMBERS", "INSTANCES"],
         ["db", "affinity", "0", "-"],
         ["web", "anti-affinity", "2", f"vm1@{vm1['host']},", f"vm2@{vm2['host']}"],
     ]
-    listed = _json(cli, "server-group", "list")
+    listed = json_of(cli, "server-group", "list")
     assert [(g["name"], [m["name"] for m in g["members"]]) for g in listed] == [
         ("db", []),
         ("web", ["vm1", "vm2"]),
@@ -78,12 +52,12 @@ def test_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     head = dict(line.split(None, 1) for line in lines[:4])
     assert (head["name"], head["policy"], head["members"]) == ("web", "anti-affinity", "2")
     assert head["created"].endswith("by admin")
-    assert _rows("\n".join(lines[4:])) == [
+    assert rows("\n".join(lines[4:])) == [
         ["INSTANCE", "HOST", "STATE"],
         ["vm1", vm1["host"], "building"],
         ["vm2", vm2["host"], "building"],
     ]
-    shown = _json(cli, "server-group", "show", "web")
+    shown = json_of(cli, "server-group", "show", "web")
     assert [(m["name"], m["host"]) for m in shown["members"]] == [
         ("vm1", vm1["host"]),
         ("vm2", vm2["host"]),
@@ -97,7 +71,7 @@ def test_create_list_show_delete(cli: Cli, hosts: list[str]) -> None:
     assert busy == "error: server group 'web' still has 2 instance(s): vm1, vm2 (HTTP 409)"
     assert cli("server-group", "delete", "db").stdout.strip() == "server group db deleted"
     assert "no server group named 'db' (HTTP 404)" in cli.fails("server-group", "show", "db")
-    assert [g["name"] for g in _json(cli, "server-group", "list")] == ["web"]
+    assert [g["name"] for g in json_of(cli, "server-group", "list")] == ["web"]
     cli("instance", "delete", "vm1", "--wait", "--timeout", "20")
     cli("instance", "delete", "vm2", "--wait", "--timeout", "20")
     assert cli("server-group", "delete", "web").stdout.strip() == "server group web deleted"
@@ -120,16 +94,16 @@ def test_refusals(cli: Cli, controller: LiveController, hosts: list[str]) -> Non
     reader = Cli(controller.url, controller.token("viewer", "reader"))
     denied = reader.fails("server-group", "create", "db", "--policy", "affinity")
     assert "which may not operate (HTTP 403)" in denied
-    assert [g["name"] for g in _json(reader, "server-group", "list")] == ["web"]
+    assert [g["name"] for g in json_of(reader, "server-group", "list")] == ["web"]
 
     _catalog(cli)
     unknown = cli.fails("instance", "create", "vm1", "--flavor", "m1", "--group", "ghost")
     assert unknown == "error: no server group named 'ghost' (HTTP 404)"
     placed = [
-        _json(cli, "instance", "create", f"vm{n}", "--flavor", "m1", "--group", "web")["host"]
+        json_of(cli, "instance", "create", f"vm{n}", "--flavor", "m1", "--group", "web")["host"]
         for n in range(3)
     ]
     assert sorted(placed) == sorted(hosts)
     full = cli.fails("instance", "create", "vm3", "--flavor", "m1", "--group", "web")
     assert "no valid host among 3 (server-group anti-affinity: 3) (HTTP 409)" in full
-    assert _json(cli, "instance", "create", "vm3", "--flavor", "m1")["server_group"] is None
+    assert json_of(cli, "instance", "create", "vm3", "--flavor", "m1")["server_group"] is None

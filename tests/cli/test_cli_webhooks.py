@@ -10,45 +10,31 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.api.receiver import Receiver, receiving
-from tests.cli.live import Cli, LiveController, free_port
+from tests.cli.live import Cli, LiveController, free_port, json_of, rows
+
+HEARTBEAT_INTERVAL = 120  # hosts registered once stay up: nothing heartbeats for them here
 
 SECRET = "cmdb-signing-secret-0123456789"
 FAMILIES = ("host.maintenance.", "drain.", "migration.")
 
 
-@pytest.fixture
-def controller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveController]:
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FERRY_WEBHOOK_BACKOFF", "0.05")
     monkeypatch.setenv("FERRY_WEBHOOK_BACKOFF_MAX", "0.2")
     monkeypatch.setenv("FERRY_WEBHOOK_TIMEOUT", "2")
     monkeypatch.setenv("FERRY_WEBHOOK_MAX_ATTEMPTS", "1000")  # the dead receiver's stay pending
-    live = LiveController(tmp_path / "state", heartbeat_interval=120)
-    live.start()
-    try:
-        yield live
-    finally:
-        if live.process is not None:
-            live.stop()
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with receiving() as running:
         yield running
-
-
-def _json(cli: Cli, *args: str) -> Any:
-    return json.loads(cli(*args, "-f", "json").stdout)
-
-
-def _rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines() if line.strip()]
 
 
 def _field(line: str) -> tuple[str, str]:
@@ -109,15 +95,15 @@ def test_create_list_show_test_disable_delete(
     assert len(generated) >= 32 and generated != SECRET
     assert "created for migration.failed, drain;" in chat.stderr
     dead_url = f"http://127.0.0.1:{free_port()}/hook"
-    dead = _json(cli, "webhook", "create", "dead", "--url", dead_url)
+    dead = json_of(cli, "webhook", "create", "dead", "--url", dead_url)
     assert (dead["name"], dead["enabled"], dead["created_by"]) == ("dead", True, "admin")
     assert dead["secret"]
 
-    rows = _rows(cli("webhook", "list").stdout)
-    assert rows[0] == [
+    listed = rows(cli("webhook", "list").stdout)
+    assert listed[0] == [
         "NAME", "URL", "KINDS", "STATE", "CURSOR", "PENDING", "DELIVERED", "FAILURES",
     ]  # fmt: skip
-    assert [(r[0], r[2], r[3], r[5]) for r in rows[1:]] == [
+    assert [(r[0], r[2], r[3], r[5]) for r in listed[1:]] == [
         ("chat", "migration.failed,drain", "enabled", "0"),
         ("cmdb", "host.maintenance,drain,migration", "enabled", "0"),
         ("dead", "host.maintenance,drain,migration", "enabled", "0"),
@@ -169,8 +155,8 @@ def test_create_list_show_test_disable_delete(
 
     assert cli("webhook", "delete", "dead").stdout.strip() == "webhook dead deleted"
     assert cli.fails("webhook", "show", "dead") == "error: no webhook named 'dead' (HTTP 404)"
-    assert [w["name"] for w in _json(cli, "webhook", "list")] == ["chat", "cmdb"]
-    kinds = [e["kind"] for e in _json(cli, "event", "list", "--kind", "webhook", "--limit", "50")]
+    assert [w["name"] for w in json_of(cli, "webhook", "list")] == ["chat", "cmdb"]
+    kinds = [e["kind"] for e in json_of(cli, "event", "list", "--kind", "webhook", "--limit", "50")]
     assert sorted(kinds) == sorted(
         ["webhook.created"] * 3 + ["webhook.disabled", "webhook.enabled", "webhook.deleted"]
     )

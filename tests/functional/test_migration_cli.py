@@ -3,15 +3,13 @@ controller over HTTPS with two fake-driver agents (mutual TLS)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.cli.live import FERRY, Cli
+from tests.cli.live import FERRY, Cli, json_of
 from tests.functional.cluster import TlsCluster, wait_until
 
 
@@ -40,10 +38,6 @@ def cli(cluster: TlsCluster) -> Cli:
     return Cli(cluster.url, cluster.admin, {"FERRY_CA": str(cluster.pki / "ca-cert.pem")})
 
 
-def _json(cli: Cli, *args: str) -> Any:
-    return json.loads(cli(*args, "-f", "json").stdout)
-
-
 def test_migrate_wait_reports_progress_then_the_summary(cli: Cli) -> None:
     out = cli("instance", "migrate", "vm1", "--wait", "--policy", "max_bandwidth_mib=200").stdout
     progress = [line for line in out.splitlines() if line.startswith("vm1 host1 -> host2: ")]
@@ -53,19 +47,19 @@ def test_migrate_wait_reports_progress_then_the_summary(cli: Cli) -> None:
     assert summary["instance"] == "vm1: host1 -> host2"
     assert summary["state"] == "completed"
     assert summary["memory"].startswith("512 of 512 MiB sent")
-    assert _json(cli, "instance", "show", "vm1")["host"] == "host2"
+    assert json_of(cli, "instance", "show", "vm1")["host"] == "host2"
 
-    listed = _json(cli, "migration", "list", "--instance", "vm1")
+    listed = json_of(cli, "migration", "list", "--instance", "vm1")
     assert [(m["source"], m["destination"], m["state"]) for m in listed] == [
         ("host1", "host2", "completed")
     ]
     assert listed[0]["policy"]["max_bandwidth_mib"] == 200
-    shown = _json(cli, "migration", "show", listed[0]["id"][:6])
+    shown = json_of(cli, "migration", "show", listed[0]["id"][:6])
     assert shown["id"] == listed[0]["id"] and shown["downtime_ms"] is not None
     table = cli("migration", "list", "--state", "completed").stdout.splitlines()
     assert table[0].split()[:5] == ["ID", "INSTANCE", "FROM", "TO", "STATE"]
     assert table[1].split()[:5] == [listed[0]["id"][:8], "vm1", "host1", "host2", "completed"]
-    assert _json(cli, "migration", "list", "--state", "failed") == []
+    assert json_of(cli, "migration", "list", "--state", "failed") == []
 
 
 def test_abort_ends_a_waiting_migrate_with_an_error(cli: Cli) -> None:
@@ -78,7 +72,7 @@ def test_abort_ends_a_waiting_migrate_with_an_error(cli: Cli) -> None:
     )
     try:
         running = wait_until(
-            lambda: _json(cli, "migration", "list", "--state", "running"), what="running"
+            lambda: json_of(cli, "migration", "list", "--state", "running"), what="running"
         )
         out = cli("migration", "abort", running[0]["id"][:8]).stdout
         assert out.startswith(f"migration {running[0]['id'][:8]} of vm1:")
@@ -89,7 +83,7 @@ def test_abort_ends_a_waiting_migrate_with_an_error(cli: Cli) -> None:
             waiting.wait()
     assert waiting.returncode == 1
     assert err.strip() == "error: migration of vm1 cancelled: aborted on request"
-    assert _json(cli, "instance", "show", "vm1")["host"] == "host1"
+    assert json_of(cli, "instance", "show", "vm1")["host"] == "host1"
     again = cli.fails("migration", "abort", running[0]["id"][:8])
     assert "HTTP 409" in again and "cancelled" in again
 
@@ -111,5 +105,5 @@ def test_bad_input_is_one_line_and_changes_nothing(cli: Cli) -> None:
     for args, message in BAD_INPUT:
         error = cli.fails(*args)
         assert error.startswith("error: ") and message in error, (args, error)
-    assert _json(cli, "migration", "list") == []
-    assert _json(cli, "instance", "show", "vm1")["host"] == "host1"
+    assert json_of(cli, "migration", "list") == []
+    assert json_of(cli, "instance", "show", "vm1")["host"] == "host1"
