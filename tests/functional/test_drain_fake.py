@@ -253,6 +253,8 @@ def test_controller_killed_at_random_points_of_drains(cluster: TlsCluster) -> No
     kills = 0
     for round_ in range(3):
         source = "host1" if round_ % 2 == 0 else "host2"
+        # agents re-announce themselves after the restarts: wait until all three are up again
+        wait_until(lambda: len(cluster.api("GET", "/v1/hosts?liveness=up")) == 3, what="hosts")
         _enter(cluster, source, policy={"migration": {"max_bandwidth_mib": 32}})
         deadline = time.monotonic() + 120
         while _status(cluster, source)["maintenance"]["state"] == "draining":

@@ -35,6 +35,18 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield lab_dir
 
 
+def consoles(lab: Path, instance_id: str) -> str:
+    """The end of the instance's serial console on every host (what a reboot left there)."""
+    logs = sorted(lab.glob(f"hosts/*/run/**/{instance_id}*/**/*.log")) + sorted(
+        lab.glob(f"hosts/*/run/{instance_id}/*")
+    )
+    return "\n".join(
+        f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+        for path in logs
+        if path.is_file() and path.stat().st_size < 10_000_000
+    )
+
+
 def test_drain_moves_every_instance_live_and_keeps_the_host_out(lab: Path) -> None:
     names = [f"d{n}" for n in range(COUNT)]
     for name in names:
@@ -66,7 +78,8 @@ def test_drain_moves_every_instance_live_and_keeps_the_host_out(lab: Path) -> No
     assert Counter(where.values()) == {"host2": COUNT // 2, "host3": COUNT // 2}
     for name, ip in ips.items():
         after = page(ip)  # the TCP endpoint answers at the same IP, without a reboot
-        assert (after["ip"], after["boot_id"]) == (before[name]["ip"], before[name]["boot_id"])
+        same = (after["ip"], after["boot_id"]) == (before[name]["ip"], before[name]["boot_id"])
+        assert same, f"{name} rebooted: {after}\n{consoles(lab, shown[name]['id'])}"
         assert blackouts[name].lost <= MAX_LOST_PROBES, (name, blackouts[name])
         assert moves[name]["state"] == "completed" and moves[name]["attempt"] == 1
 
