@@ -253,14 +253,20 @@ async def test_maintenance_survives_a_restart(launch: Launch) -> None:
     async with launch() as second:
         await asyncio.sleep(0.15)  # reconcile passes of the new controller
         assert await _status(second, "node-1") == in_maintenance
-        assert await _status(second, "node-2") == draining
         assert in_maintenance["maintenance"]["reason"] == "firmware"
         assert in_maintenance["maintenance"]["actor"] == "operator-bot"
         assert in_maintenance["drain"]["state"] == "completed"
+        # node-2's drain goes on in the new controller (retries of vm-1), so only what must
+        # persist is compared: the mark, the drain's identity and plan, the history so far.
+        resumed = await _status(second, "node-2")
+        assert resumed["maintenance"] == draining["maintenance"]
         assert draining["maintenance"]["state"] == "draining"
         assert draining["maintenance"]["reason"] == "disk swap"
+        for key in ("id", "reason", "actor", "plan", "force", "created_at"):
+            assert resumed["drain"][key] == draining["drain"][key], key
         assert draining["drain"]["state"] == "running"
-        assert await second.events() == events
+        assert resumed["migrations"][: len(draining["migrations"])] == draining["migrations"]
+        assert (await second.events())[: len(events)] == events
 
 
 async def test_every_change_records_its_caller_as_actor(api: Api) -> None:

@@ -183,10 +183,20 @@ def test_create_is_idempotent_and_status_reports_the_lab(netlab: LabNetPlan) -> 
 
 def test_a_second_lab_is_refused_and_leaves_nothing(netlab: LabNetPlan) -> None:
     other = LabNetPlan(prefix=_prefix(), hosts=1)
-    with pytest.raises(LabNetError, match=r"198\.18"):
+    # No process runs in netlab's namespaces: it reads as a lab a killed run left behind.
+    with pytest.raises(LabNetError, match=rf"lab '{netlab.prefix}' was left behind") as refused:
         asyncio.run(create_lab(other))
+    assert f"ferry lab down --prefix {netlab.prefix}" in str(refused.value)
     assert _leftovers(other.prefix) == []
     assert _ping("198.18.0.11")
+    sleeper = subprocess.Popen(_in_ns(netlab.host_ns(2), "sleep", "60"))
+    try:
+        with pytest.raises(LabNetError, match="another lab is running"):
+            asyncio.run(create_lab(other))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert _leftovers(other.prefix) == []
 
 
 # -- agent taps and the instance fabric --------------------------------------------------------

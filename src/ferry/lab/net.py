@@ -36,6 +36,7 @@ from ferry.lab.net_plan import (
     LabNetPlan,
     LabPlanError,
     TbfParams,
+    lab_of_bridge,
     name_prefix,
     tbf_params,
 )
@@ -109,10 +110,24 @@ async def _check_range_free(ipr: Any, ours: str) -> None:
             continue
         for cidr in link.addresses:
             if ipaddress.IPv4Interface(cidr).ip in LAB_RANGE:
+                holder = await asyncio.to_thread(_holder, link.name)
                 raise LabNetError(
-                    f"{cidr} on {link.name} is in the lab range {LAB_RANGE}: another lab is "
-                    "running (tear it down first) or the range is in use on this machine"
+                    f"{cidr} on {link.name} is in the lab range {LAB_RANGE}: {holder}"
                 )
+
+
+def _holder(link: str) -> str:
+    """Who holds the range through `link`: a lab left behind with no process in its
+    namespaces (a killed run) is named, with the command that removes it."""
+    prefix = lab_of_bridge(link)
+    if prefix is not None:
+        names = ops.list_namespaces(f"{prefix}-")
+        if not any(ops.namespace_pids(names).values()):
+            return (
+                f"lab {prefix!r} was left behind (no process runs in its namespaces); "
+                f"`ferry lab down --prefix {prefix}` removes it"
+            )
+    return "another lab is running (tear it down first) or the range is in use on this machine"
 
 
 async def add_host(plan: LabNetPlan, i: int) -> None:

@@ -68,6 +68,12 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def lab_of_bridge(link: str) -> str | None:
+    """The prefix of the lab whose fabric bridge `link` is (`<prefix>-mgmt`, `<prefix>-inst`)."""
+    prefix, _, role = link.rpartition("-")
+    return prefix if role in ("mgmt", "inst") and _PREFIX_RE.fullmatch(prefix) else None
+
+
 def name_prefix(prefix: str) -> str:
     """What every name of the lab `prefix` starts with."""
     return f"{check_prefix(prefix)}-"
