@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the project uses: QEMU and the Debian cloud kernel + busybox for the guest
-# image the lab builds, iproute2/ping for the lab's namespaces, and the basics.
+# image the lab builds, iproute2/ping for the lab's namespaces, chromium for the dashboard's
+# browser tests (tests/ui), and the basics.
 SYSTEM_PACKAGES=(
   ca-certificates curl make procps
   iproute2 iputils-ping
   qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
+  chromium
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

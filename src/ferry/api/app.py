@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ferry import __version__
-from ferry.api import errors
+from ferry.api import dashboard, errors
 from ferry.api.routers import (
     agent,
     events,
@@ -19,6 +19,7 @@ from ferry.api.routers import (
     server_groups,
     tokens,
     webhooks,
+    whoami,
 )
 from ferry.config import ControllerSettings
 from ferry.controller.runtime import Controller
@@ -53,6 +54,8 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         events,
         tokens,
         webhooks,
+        whoami,
     ):
         app.include_router(module.router)
+    dashboard.install(app)
     return app

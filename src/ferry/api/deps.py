@@ -25,14 +25,16 @@ def controller(request: Request) -> Controller:
 Ctl = Annotated[Controller, Depends(controller)]
 
 
+async def authenticate(
+    ctl: Ctl, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None:
+        raise Unauthenticated("no bearer token: send 'Authorization: Bearer <token>'")
+    return await ctl.tokens.authenticate(credentials.credentials)
+
+
 def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
-    async def authorize(
-        ctl: Ctl,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        if credentials is None:
-            raise Unauthenticated("no bearer token: send 'Authorization: Bearer <token>'")
-        principal = await ctl.tokens.authenticate(credentials.credentials)
+    async def authorize(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not allows(principal.role, permission):
             raise Forbidden(
                 f"token {principal.name!r} has role '{principal.role.value}', which may not"
@@ -43,6 +45,7 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     return authorize
 
 
+Caller = Annotated[Principal, Depends(authenticate)]  # any valid token, whatever its role
 Reader = Annotated[Principal, Depends(require(Permission.READ))]
 Operator = Annotated[Principal, Depends(require(Permission.OPERATE))]
 Admin = Annotated[Principal, Depends(require(Permission.MANAGE_TOKENS))]

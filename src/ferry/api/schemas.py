@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ferry.domain.auth import Role
+from ferry.domain.auth import Permission, Role
 from ferry.domain.host import AdminState, Liveness, MaintenanceState
 from ferry.protocol import Capabilities, Inventory
 
@@ -33,6 +33,12 @@ class MaintenanceInfo(BaseModel):
     schedulable: bool = Field(description="false from the moment maintenance is entered")
 
 
+class ResourcesOut(BaseModel):
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+
+
 class HostOut(BaseModel):
     name: str
     management_address: str
@@ -44,6 +50,12 @@ class HostOut(BaseModel):
     inventory: Inventory
     capabilities: Capabilities
     instances: int
+    capacity: ResourcesOut = Field(
+        description="what can be placed: inventory less reservations, times allocation ratios"
+    )
+    used: ResourcesOut = Field(
+        description="claimed by allocations: the host's instances and migrations towards it"
+    )
     agent_version: str
     agent_url: str | None
     registered_at: datetime
@@ -78,12 +90,6 @@ class PlanEntry(BaseModel):
     instance_id: str | None = None
     destination: str | None
     reason: str | None = None
-
-
-class ResourcesOut(BaseModel):
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
 
 
 class DestinationLoad(BaseModel):
@@ -230,6 +236,12 @@ class TokenOut(BaseModel):
 
 class TokenCreatedOut(TokenOut):
     secret: str = Field(description="shown once; only its hash is stored")
+
+
+class WhoAmIOut(BaseModel):
+    name: str = Field(description="the token's name: the actor recorded in events")
+    role: Role
+    permissions: list[Permission] = Field(description="what the role may do")
 
 
 class HealthOut(BaseModel):

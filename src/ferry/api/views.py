@@ -8,8 +8,9 @@ from ferry.domain.host import AdminState, MaintenanceState, excluded_from_schedu
 from ferry.protocol import Capabilities, Inventory
 from ferry.scheduler.model import Resources
 from ferry.scheduler.planner import Plan
-from ferry.services.hosts import LivenessPolicy
+from ferry.services.hosts import HostLoad, LivenessPolicy
 from ferry.services.maintenance import MaintenancePreview, MaintenanceStatus
+from ferry.services.placement import capacity
 
 
 def maintenance_info(host: Host) -> schemas.MaintenanceInfo:
@@ -24,7 +25,7 @@ def maintenance_info(host: Host) -> schemas.MaintenanceInfo:
     )
 
 
-def host(record: Host, instances: int, policy: LivenessPolicy) -> schemas.HostOut:
+def host(record: Host, load: HostLoad, policy: LivenessPolicy) -> schemas.HostOut:
     return schemas.HostOut(
         name=record.name,
         management_address=record.management_address,
@@ -40,7 +41,9 @@ def host(record: Host, instances: int, policy: LivenessPolicy) -> schemas.HostOu
         maintenance=maintenance_info(record),
         inventory=Inventory.model_validate(record, from_attributes=True),
         capabilities=Capabilities.model_validate(record, from_attributes=True),
-        instances=instances,
+        instances=load.instances,
+        capacity=_resources(capacity(record)),
+        used=_resources(load.used),
         agent_version=record.agent_version,
         agent_url=record.agent_url,
         registered_at=record.registered_at,

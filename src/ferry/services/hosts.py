@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ferry.db.models import Host, Instance
+from ferry.db.models import Allocation, Host, Instance
 from ferry.db.types import utcnow
 from ferry.domain import validation
 from ferry.domain.errors import NotFound
@@ -24,6 +24,7 @@ from ferry.domain.host import (
 )
 from ferry.domain.instance import InstanceState
 from ferry.protocol import HostRegistration
+from ferry.scheduler.model import NOTHING, Resources
 from ferry.services.store import Store, record
 
 
@@ -53,6 +54,15 @@ async def get_host(session: AsyncSession, name: str) -> Host:
     return host
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    """What a host holds: its live instances, and the resources allocations claim on it
+    (its instances', and those of migrations in flight towards it)."""
+
+    instances: int = 0
+    used: Resources = NOTHING
+
+
 async def instance_counts(session: AsyncSession, host_ids: list[int]) -> dict[int, int]:
     """Live (not deleted) instances per host."""
     if not host_ids:
@@ -63,6 +73,31 @@ async def instance_counts(session: AsyncSession, host_ids: list[int]) -> dict[in
         .group_by(Instance.host_id)
     )
     return {host_id: count for host_id, count in rows.all() if host_id is not None}
+
+
+async def host_loads(session: AsyncSession, host_ids: list[int]) -> dict[int, HostLoad]:
+    """Instances and claimed resources per host; hosts holding nothing are left out."""
+    if not host_ids:
+        return {}
+    counts = await instance_counts(session, host_ids)
+    rows = await session.execute(
+        select(
+            Allocation.host_id,
+            func.sum(Allocation.vcpus),
+            func.sum(Allocation.ram_mb),
+            func.sum(Allocation.disk_gb),
+        )
+        .where(Allocation.host_id.in_(host_ids))
+        .group_by(Allocation.host_id)
+    )
+    used = {
+        host_id: Resources(int(vcpus or 0), int(ram or 0), int(disk or 0))
+        for host_id, vcpus, ram, disk in rows.all()
+    }
+    return {
+        host_id: HostLoad(counts.get(host_id, 0), used.get(host_id, NOTHING))
+        for host_id in counts.keys() | used.keys()
+    }
 
 
 def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:
@@ -175,17 +210,17 @@ class HostService:
             )
         return query
 
-    async def list(self, flt: HostFilter) -> tuple[list[Host], dict[int, int]]:
+    async def list(self, flt: HostFilter) -> tuple[list[Host], dict[int, HostLoad]]:
         async with self.store.reading() as session:
             hosts = list((await session.scalars(self._filtered(flt))).all())
-            counts = await instance_counts(session, [h.id for h in hosts])
-        return hosts, counts
+            loads = await host_loads(session, [h.id for h in hosts])
+        return hosts, loads
 
-    async def get(self, name: str) -> tuple[Host, int]:
+    async def get(self, name: str) -> tuple[Host, HostLoad]:
         async with self.store.reading() as session:
             host = await get_host(session, name)
-            counts = await instance_counts(session, [host.id])
-        return host, counts.get(host.id, 0)
+            loads = await host_loads(session, [host.id])
+        return host, loads.get(host.id, HostLoad())
 
     async def disable(self, name: str, reason: str, actor: str) -> Host:
         reason = validation.reason(reason)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from ferry.api import schemas, views
 from ferry.api.deps import Ctl, Operator, Reader
 from ferry.domain.host import AdminState, Liveness, MaintenanceState
-from ferry.services.hosts import HostFilter
+from ferry.services.hosts import HostFilter, HostLoad
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -26,14 +26,14 @@ async def list_hosts(
     liveness: Liveness | None = None,
 ) -> list[schemas.HostOut]:
     flt = HostFilter(admin_state, tuple(maintenance or ()), liveness)
-    hosts, counts = await ctl.hosts.list(flt)
-    return [views.host(h, counts.get(h.id, 0), ctl.liveness) for h in hosts]
+    hosts, loads = await ctl.hosts.list(flt)
+    return [views.host(h, loads.get(h.id, HostLoad()), ctl.liveness) for h in hosts]
 
 
 @router.get("/{name}", response_model=schemas.HostOut, responses=ERRORS)
 async def show_host(ctl: Ctl, _who: Reader, name: str) -> schemas.HostOut:
-    record, instances = await ctl.hosts.get(name)
-    return views.host(record, instances, ctl.liveness)
+    record, load = await ctl.hosts.get(name)
+    return views.host(record, load, ctl.liveness)
 
 
 @router.post("/{name}/disable", response_model=schemas.HostOut, responses=ERRORS)
