@@ -1,6 +1,6 @@
 # Everything starts from a fresh machine: each target installs what it needs first.
 VENV := .venv/bin
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: setup test lint unit demo bench clean
 

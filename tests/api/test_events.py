@@ -160,7 +160,8 @@ async def test_limit_of_1000_is_allowed(api: Api) -> None:
 async def test_unknown_routes_answer_json(api: Api, subtests: pytest.Subtests) -> None:
     for method, path, status, code in [
         ("GET", "/v1/nothing", 404, "not_found"),
-        ("GET", "/", 404, "not_found"),
+        ("GET", "/nothing", 404, "not_found"),  # "/" itself redirects to the dashboard
+        ("GET", "/ui/nothing.js", 404, "not_found"),
         ("GET", "/v2/hosts", 404, "not_found"),
         ("DELETE", "/v1/hosts", 405, "method_not_allowed"),
         ("PUT", "/v1/events", 405, "method_not_allowed"),

@@ -10,7 +10,8 @@ import re
 from playwright.sync_api import expect
 
 from tests.functional.cluster import wait_until
-from tests.ui.conftest import HOSTS, INSTANCES, OPERATOR, READER, Dashboard
+from tests.ui.browser import OPERATOR, READER, Dashboard
+from tests.ui.conftest import HOSTS, INSTANCES
 
 DRAIN_TIMEOUT_MS = 120_000
 # Slow enough (128 MiB at 24 MiB/s, one stream at a time) that the progress shows on the way.
@@ -98,9 +99,9 @@ def test_operator_drains_a_host_from_the_plan_to_the_summary(dashboard: Dashboar
     expect(history).to_contain_text("exited")
     dashboard.shot("back-in-service")
 
-    api = dashboard.cluster.api("GET", "/v1/hosts/host1")
+    api = dashboard.site.api("GET", "/v1/hosts/host1")
     assert api["maintenance"]["state"] == "in_service"
-    where = {dashboard.cluster.api("GET", f"/v1/instances/{n}")["host"] for n in INSTANCES}
+    where = {dashboard.site.api("GET", f"/v1/instances/{n}")["host"] for n in INSTANCES}
     assert where <= {"host2", "host3"}
 
 
@@ -134,7 +135,7 @@ def test_reader_sees_no_actions_and_is_told_why_an_action_is_refused(
     expect(notice).to_contain_text("Not allowed")
     expect(notice).to_contain_text(f"token '{READER}' has role 'reader', which may not operate")
     dashboard.shot("reader-refused")
-    assert dashboard.cluster.api("GET", "/v1/hosts/host1")["admin"]["state"] == "enabled"
+    assert dashboard.site.api("GET", "/v1/hosts/host1")["admin"]["state"] == "enabled"
 
 
 def test_refused_actions_show_the_api_message(dashboard: Dashboard) -> None:
@@ -151,7 +152,7 @@ def test_refused_actions_show_the_api_message(dashboard: Dashboard) -> None:
 
     # Someone else puts the host into maintenance meanwhile; confirming is then refused.
     body = {"reason": "someone else"}
-    dashboard.cluster.api("POST", "/v1/hosts/host2/maintenance/enter", json=body)
+    dashboard.site.api("POST", "/v1/hosts/host2/maintenance/enter", json=body)
     dialog.get_by_test_id("confirm").click()
     error = dialog.get_by_test_id("dialog-error")
     expect(error).to_contain_text("Refused: host 'host2': cannot enter maintenance in state")
@@ -172,7 +173,7 @@ def test_refused_actions_show_the_api_message(dashboard: Dashboard) -> None:
     expect(dialog.get_by_test_id("dialog-error")).to_contain_text("max_parallel")
     dashboard.shot("refused-422")
     dialog.get_by_test_id("cancel").click()
-    assert dashboard.cluster.api("GET", "/v1/hosts/host3")["maintenance"]["state"] == "in_service"
+    assert dashboard.site.api("GET", "/v1/hosts/host3")["maintenance"]["state"] == "in_service"
 
     page.get_by_test_id("action-disable").click()
     dialog = dashboard.dialog("disable")
@@ -192,11 +193,11 @@ def test_overview_follows_changes_live_and_sorts_and_filters(dashboard: Dashboar
     expect(rows).to_have_count(3)
     page.evaluate("window.__notReloaded = true")
 
-    dashboard.cluster.api("POST", "/v1/hosts/host3/disable", json={"reason": "flaky NIC"})
+    dashboard.site.api("POST", "/v1/hosts/host3/disable", json={"reason": "flaky NIC"})
     admin = dashboard.host_row("host3").locator('[data-col="admin"]')
     expect(admin).to_contain_text("disabled")
     expect(admin).to_contain_text("flaky NIC")
-    dashboard.cluster.api("POST", "/v1/hosts/host2/maintenance/enter", json={"reason": "RAM"})
+    dashboard.site.api("POST", "/v1/hosts/host2/maintenance/enter", json={"reason": "RAM"})
     maintenance = dashboard.host_row("host2").locator('[data-col="maintenance"]')
     expect(maintenance).to_contain_text("in maintenance")
     expect(maintenance).to_contain_text("RAM")
@@ -224,7 +225,7 @@ def test_overview_follows_changes_live_and_sorts_and_filters(dashboard: Dashboar
     dashboard.shot("filtered")
 
     # The filter stays while the data changes underneath.
-    dashboard.cluster.api("POST", "/v1/hosts/host3/enable", json={})
+    dashboard.site.api("POST", "/v1/hosts/host3/enable", json={})
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("no host matches the filter")
 
@@ -242,8 +243,8 @@ def test_event_log_filters_and_follows_live(dashboard: Dashboard) -> None:
     page.get_by_test_id("events-host").press("Enter")
     expect(page.get_by_test_id("events-status")).to_contain_text("no event matches")
 
-    dashboard.cluster.api("POST", "/v1/hosts/host2/maintenance/enter", json={"reason": "fans"})
-    dashboard.cluster.api("POST", "/v1/hosts/host3/disable", json={"reason": "elsewhere"})
+    dashboard.site.api("POST", "/v1/hosts/host2/maintenance/enter", json={"reason": "fans"})
+    dashboard.site.api("POST", "/v1/hosts/host3/disable", json={"reason": "elsewhere"})
     first = table.locator("tbody tr").first
     expect(first).to_have_attribute("data-kind", re.compile(r"^host\.maintenance\."))
     expect(table).to_contain_text("fans")
@@ -259,7 +260,7 @@ def test_event_log_filters_and_follows_live(dashboard: Dashboard) -> None:
 
 
 def test_forced_partial_drain_shows_why_and_a_retry_finishes_it(dashboard: Dashboard) -> None:
-    cluster = dashboard.cluster
+    cluster = dashboard.site
     page = dashboard.page
     cluster.api("POST", "/v1/flavors", json={"name": "big", "vcpus": 1, "ram_mb": 1024})
     cluster.api("POST", "/v1/flavors", json={"name": "huge", "vcpus": 1, "ram_mb": 3500})
