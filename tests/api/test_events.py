@@ -201,3 +201,15 @@ async def test_malformed_bodies_are_422(api: Api, subtests: pytest.Subtests) -> 
     host = await api.host("node-1")
     assert (host["admin"]["state"], host["maintenance"]["state"]) == ("enabled", "in_service")
     assert await api.events() == before
+
+
+async def test_stream_is_documented_as_events_only(api: Api) -> None:
+    """GET /v1/events/stream answers text/event-stream and nothing else (the document also
+    offered application/json); each event's data is an EventOut."""
+    document = (await api.client.get("/openapi.json")).json()
+    ok = document["paths"]["/v1/events/stream"]["get"]["responses"]["200"]
+    assert list(ok["content"]) == ["text/event-stream"]
+    event = ok["content"]["text/event-stream"]["schema"]
+    assert event["required"] == ["id", "event", "data"]
+    ref = event["properties"]["data"]["contentSchema"]["$ref"]
+    assert ref.rsplit("/", 1)[-1] in document["components"]["schemas"]

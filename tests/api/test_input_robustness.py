@@ -64,3 +64,54 @@ async def test_wildcards_in_kind_filter_are_literal(api: Api) -> None:
     assert await api.events(kind="%") == []
     assert await api.events(kind="token._reated") == []
     assert len(await api.events(kind="token")) >= 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe\x00",  # not UTF-8 (was a bare 400 "There was an error parsing the body")
+        b"[" * 100_000,  # nested deeper than the JSON parser goes
+    ],
+)
+async def test_undecodable_json_body_is_invalid_input(api: Api, body: bytes) -> None:
+    response = await api.client.post(
+        "/v1/flavors",
+        content=body,
+        headers={**api.admin.headers, "content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "invalid_input",
+        "message": "the request body is not valid JSON",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PATCH", "/v1/flavors", "GET, POST"),  # two routes: Starlette names the first only
+        ("OPTIONS", "/v1/hosts/node-1/maintenance", "GET"),
+        ("POST", "/v1/health", "GET"),
+        ("DELETE", "/ui/", "GET, HEAD"),  # the dashboard's static files
+    ],
+)
+async def test_method_not_allowed_names_the_allowed_ones(
+    api: Api, method: str, path: str, allowed: str
+) -> None:
+    """A 405 carries `Allow` with every method of the path (it carried none)."""
+    response = await api.call(method, path, api.admin)
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert response.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize(
+    "query", ["since=0.0", "until=1700000000", "since=yesterday", "until=2026-13-01T00:00:00"]
+)
+async def test_event_times_must_be_date_times(api: Api, query: str) -> None:
+    """The document says date-time; a number is not taken as Unix seconds (it was)."""
+    response = await api.call("GET", f"/v1/events?{query}", api.admin)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_input"
+    assert body["message"].startswith(query.partition("=")[0] + ":")

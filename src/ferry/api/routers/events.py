@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
+from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from ferry.api import schemas
@@ -33,6 +34,20 @@ def _subject(
 Subject = Annotated[EventFilter, Depends(_subject)]
 
 
+def _iso_time(value: object) -> object:
+    """Times are ISO 8601 text, as the document says (format date-time) and as the API writes
+    them; pydantic alone would also take a number as Unix seconds (`since=0.0`)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date-time like 2026-01-01T00:00:00Z") from None
+    return value
+
+
+Moment = Annotated[datetime | None, BeforeValidator(_iso_time)]
+
+
 def _utc(moment: datetime | None) -> datetime | None:
     """Times without a zone are UTC, as every time the API returns is."""
     if moment is None or moment.tzinfo is not None:
@@ -45,8 +60,8 @@ async def list_events(
     ctl: Ctl,
     _who: Reader,
     subject: Subject,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment = None,
+    until: Moment = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_EVENT_ID)] = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -65,9 +80,31 @@ async def list_events(
     )
 
 
+STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "the event's id, for Last-Event-ID"},
+        "event": {"type": "string", "description": "the event's kind"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/EventOut"},
+        },
+    },
+}
+
+
 @router.get(
     "/stream",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    response_class=EventSourceResponse,  # the 200 answer is a stream of events, never JSON
+    responses={
+        **ERRORS,
+        200: {
+            "description": "Server-Sent Events, one per event of the log; `schema` describes each",
+            "content": {"text/event-stream": {"schema": STREAM_EVENT}},
+        },
+    },
     summary="Live events as Server-Sent Events; resumes after Last-Event-ID",
 )
 async def stream_events(
