@@ -2,7 +2,9 @@
 bytes the drain moved divided by the source's link throughput, measured by a TCP stream in the
 same run) and against the same drain done one migration at a time (`max_parallel` 1,
 `max_outbound` 1, `prepare_ahead` 0: what a client-side loop does), on the same guests in the
-same run. Every guest is pinged every 20 ms during each drain: the blackout per instance.
+same run, for each workload (idle guests, guests dirtying memory at a set rate). Every guest is
+pinged every 10 ms during each drain: the blackout per instance. The migrations' throughput
+(bytes sent over each one's time) is set against the link's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ferry.bench.migration import MIB, POLL, Say, _answers, link_throughput
@@ -20,6 +23,16 @@ from ferry.lab.cluster import LabRecord
 from ferry.lab.lifecycle import ControllerApi, LabError, wait_for
 
 ONE_AT_A_TIME = {"max_parallel": 1, "max_outbound": 1, "prepare_ahead": 0}
+PROBE_S = 0.01  # the drain bench's prober: one ping every 10 ms
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    dirty_mibps: int  # what each guest dirties per second (0: idle)
+
+
+IDLE = Workload("idle", 0)
 MODES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("ferry", {}),
     ("one at a time", ONE_AT_A_TIME),
@@ -28,12 +41,14 @@ MODES: tuple[tuple[str, dict[str, Any]], ...] = (
 
 @dataclass(frozen=True)
 class DrainRun:
+    workload: str
     mode: str
     wall_s: float  # maintenance enter to in_maintenance
     moved_mib: float  # bytes the drain's migrations sent
     link_mibps: float
     blackouts_ms: list[float] = field(default_factory=list)
     downtimes_ms: list[int] = field(default_factory=list)
+    throughputs_mibps: list[float] = field(default_factory=list)  # each migration's bytes / time
 
     @property
     def bound_s(self) -> float:
@@ -54,32 +69,45 @@ def blackout_summary(values: list[float]) -> dict[str, float]:
 
 
 class DrainBench:
-    def __init__(self, record: LabRecord, say: Say, instances: int, max_bandwidth_mib: int):
+    def __init__(
+        self,
+        record: LabRecord,
+        say: Say,
+        instances: int,
+        max_bandwidth_mib: int,
+        workloads: tuple[Workload, ...] = (IDLE,),
+    ):
         if len(record.hosts) < 3:
             raise LabError("the drain bench needs a lab of at least 3 hosts")
         self.api = ControllerApi(record)
         self.hosts = record.hosts[:3]
         self.say, self.count, self.max_bandwidth_mib = say, instances, max_bandwidth_mib
+        self.workloads = workloads
         self.names = [f"drain-{n}" for n in range(instances)]
 
     async def run(self) -> list[DrainRun]:
         source = self.hosts[0]
         link = await link_throughput(source, self.hosts[1])
         self.say(f"source link {source.name} -> {self.hosts[1].name}: {link:.0f} MiB/s (TCP)")
+        runs = []
         try:
-            ips = await self._boot()
-            runs = []
-            for mode, limits in MODES:
-                await self._gather_on_source()
-                runs.append(await self._drain(mode, limits, ips, link))
-                self.say(_brief(runs[-1]))
+            for workload in self.workloads:
+                ips = await self._boot(workload)
+                for mode, limits in MODES:
+                    await self._gather_on_source()
+                    runs.append(await self._drain(workload, mode, limits, ips, link))
+                    self.say(_brief(runs[-1]))
+                await self._delete_guests()
             return runs
         finally:
             await self._clean_up()
 
-    async def _boot(self) -> dict[str, str]:
+    async def _boot(self, workload: Workload) -> dict[str, str]:
+        self.say(f"{workload.name}: booting {self.count} guests dirtying "
+                 f"{workload.dirty_mibps} MiB/s each on {self.hosts[0].name}")  # fmt: skip
         for name in self.names:
-            body = {"name": name, "flavor": "tiny", "network": "lab", "host": self.hosts[0].name}
+            body = {"name": name, "flavor": "tiny", "network": "lab", "host": self.hosts[0].name,
+                    "dirty_rate_mbps": workload.dirty_mibps}  # fmt: skip
             await self.api.call("POST", "/v1/instances", json=body)
         return {name: await self._ready(name) for name in self.names}
 
@@ -111,10 +139,15 @@ class DrainBench:
                 raise LabError(f"could not bring {name} back: {m['error']}")
 
     async def _drain(
-        self, mode: str, limits: dict[str, Any], ips: dict[str, str], link: float
+        self,
+        workload: Workload,
+        mode: str,
+        limits: dict[str, Any],
+        ips: dict[str, str],
+        link: float,
     ) -> DrainRun:
         source = self.hosts[0].name
-        pingers = {name: await Pinger.start(ip) for name, ip in ips.items()}
+        pingers = {name: await Pinger.start(ip, PROBE_S) for name, ip in ips.items()}
         await asyncio.sleep(0.5)
         policy = {**limits, "migration": {"max_bandwidth_mib": self.max_bandwidth_mib}}
         loop = asyncio.get_running_loop()
@@ -136,12 +169,14 @@ class DrainBench:
                            f"{status['drain']['error']}")  # fmt: skip
         done = [m for m in status["migrations"] if m["state"] == "completed"]
         return DrainRun(
+            workload=workload.name,
             mode=mode,
             wall_s=wall,
             moved_mib=sum(m["bytes_sent"] or 0 for m in done) / MIB,
             link_mibps=link,
             blackouts_ms=blackouts,
             downtimes_ms=[int(m["downtime_ms"] or 0) for m in done],
+            throughputs_mibps=[t for m in done if (t := migration_throughput(m)) is not None],
         )
 
     async def _status(self) -> dict[str, Any]:
@@ -149,6 +184,17 @@ class DrainBench:
             "GET", f"/v1/hosts/{self.hosts[0].name}/maintenance"
         )
         return status
+
+    async def _delete_guests(self) -> None:
+        """Delete the guests and wait until they are gone (the next workload reuses the names)."""
+        for name in self.names:
+            with contextlib.suppress(LabError):  # never booted, or gone already
+                await self.api.call("DELETE", f"/v1/instances/{name}")
+        await wait_for(self._all_gone, "the guests to be deleted", 120)
+
+    async def _all_gone(self) -> bool | None:
+        listed = await self.api.call("GET", "/v1/instances")
+        return True if not {i["name"] for i in listed} & set(self.names) else None
 
     async def _clean_up(self) -> None:
         try:
@@ -159,25 +205,44 @@ class DrainBench:
             await self.api.http.aclose()
 
 
+def migration_throughput(migration: dict[str, Any]) -> float | None:
+    """MiB/s a completed migration sent over its time (start to finish), if both are known."""
+    started, finished = migration.get("started_at"), migration.get("finished_at")
+    if not started or not finished or not migration.get("bytes_sent"):
+        return None
+    seconds = (_instant(finished) - _instant(started)).total_seconds()
+    return float(migration["bytes_sent"]) / MIB / seconds if seconds > 0 else None
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _brief(run: DrainRun) -> str:
     b = blackout_summary(run.blackouts_ms)
     return (
-        f"{run.mode}: {run.wall_s:.1f} s for {run.moved_mib:.0f} MiB (bound {run.bound_s:.1f} s,"
-        f" x{run.ratio_to_bound:.2f}); blackout median {b['median']:.0f} ms, max {b['max']:.0f} ms"
+        f"{run.workload}, {run.mode}: {run.wall_s:.1f} s for {run.moved_mib:.0f} MiB (bound "
+        f"{run.bound_s:.1f} s, x{run.ratio_to_bound:.2f}); blackout median {b['median']:.0f} ms, "
+        f"max {b['max']:.0f} ms"
     )
 
 
 def to_json(runs: list[DrainRun]) -> dict[str, Any]:
-    baseline = next((r for r in runs if r.mode == "one at a time"), None)
-    return {
-        "runs": [
-            {
-                **asdict(r),
-                "bound_s": r.bound_s,
-                "ratio_to_bound": r.ratio_to_bound,
-                "blackout_ms": blackout_summary(r.blackouts_ms),
-                "ratio_to_one_at_a_time": r.wall_s / baseline.wall_s if baseline else None,
-            }
-            for r in runs
-        ]
-    }
+    """Each run with its ratios: to the physical bound, to the one-at-a-time drain of the same
+    workload, and the median migration throughput to the link's."""
+    baselines = {r.workload: r for r in runs if r.mode == "one at a time"}
+    out = []
+    for r in runs:
+        baseline = baselines.get(r.workload)
+        throughput = statistics.median(r.throughputs_mibps) if r.throughputs_mibps else 0.0
+        out.append({
+            **asdict(r),
+            "bound_s": r.bound_s,
+            "ratio_to_bound": r.ratio_to_bound,
+            "blackout_ms": blackout_summary(r.blackouts_ms),
+            "ratio_to_one_at_a_time": r.wall_s / baseline.wall_s if baseline else None,
+            "throughput_mibps_median": throughput,
+            "throughput_to_link": throughput / r.link_mibps if r.link_mibps else None,
+            "drain_rate_to_link": r.moved_mib / r.wall_s / r.link_mibps if r.wall_s else None,
+        })  # fmt: skip
+    return {"probe_interval_ms": PROBE_S * 1000, "runs": out}

@@ -21,6 +21,7 @@ def test_the_longest_run_of_lost_probes_is_the_blackout() -> None:
     blackout = blackout_of(_ping_output(answered))
     assert (blackout.answered, blackout.lost, blackout.longest_gap) == (10, 11, 7)
     assert blackout.ms == pytest.approx(140.0)
+    assert blackout_of(_ping_output(answered), interval=0.01).ms == pytest.approx(70.0)
 
 
 def test_probes_after_the_last_answer_are_not_counted() -> None:

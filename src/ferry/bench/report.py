@@ -1,0 +1,265 @@
+"""`ferry bench report DIR`: one markdown report, with PNG plots, from the JSON results the bench
+commands wrote into DIR (`--out DIR`). Every figure is a ratio against a baseline measured in
+the same run; the report says which baseline and which command produced it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+
+mpl.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+Cell = str | int | float
+
+
+@dataclass
+class Section:
+    title: str
+    command: str
+    text: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    plots: list[str] = field(default_factory=list)  # PNG file names, next to report.md
+    notes: list[str] = field(default_factory=list)
+
+
+def save(out: Path, name: str, data: Any) -> Path:
+    """Write one bench's results as DIR/<name>.json (the report reads them back)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def build(out: Path) -> Path:
+    """Write DIR/report.md (and its plots) from whatever results DIR holds."""
+    sections = [
+        maker(json.loads((out / f"{name}.json").read_text()), out)
+        for name, maker in SECTIONS.items()
+        if (out / f"{name}.json").is_file()
+    ]
+    if not sections:
+        raise FileNotFoundError(f"no bench results in {out} (run `ferry bench ... --out {out}`)")
+    path = out / "report.md"
+    path.write_text(render(sections))
+    return path
+
+
+def render(sections: Sequence[Section]) -> str:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# Ferry benchmark report ({stamp})", ""]
+    for s in sections:
+        lines += [f"## {s.title}", "", s.text, "", f"Command: `{s.command}`", ""]
+        lines += markdown_table(s.headers, s.rows)
+        lines += [""] + [f"- {note}" for note in s.notes] + ([""] if s.notes else [])
+        lines += [f"![{s.title}]({plot})\n" for plot in s.plots]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def markdown_table(headers: list[str], rows: list[list[Cell]]) -> list[str]:
+    def cell(value: Cell) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
+
+
+# -- planner ------------------------------------------------------------------------------------
+
+
+def planner_section(results: list[dict[str, Any]], out: Path) -> Section:
+    rows: list[list[Cell]] = [
+        [
+            r["scenario"]["name"],
+            r["scenario"]["hosts"],
+            r["scenario"]["instances"],
+            f"{r['planner']['seconds'] * 1000:.0f}",
+            f"{r['greedy']['seconds'] * 1000:.0f}",
+            r["time_ratio"],
+            r["planner"]["balance"],
+            r["greedy"]["balance"],
+        ]
+        for r in results
+    ]
+    names = [r["scenario"]["name"] for r in results]
+    plot = _bars(
+        out / "planner-balance.png",
+        names,
+        {
+            "planner": [r["planner"]["balance"] for r in results],
+            "greedy": [r["greedy"]["balance"] for r in results],
+        },
+        "max destination utilization / lower bound",
+        "Balance after a drain (1.0 = perfectly spread)",
+    )
+    return Section(
+        "Evacuation planner: time and balance",
+        "ferry bench planner --out DIR",
+        "The planner against a one-at-a-time greedy loop over the same scheduler, on the same "
+        "synthetic cluster in the same run. Balance: the largest destination utilization "
+        "after the drain over the level perfectly spread load would reach.",
+        [
+            "scenario",
+            "hosts",
+            "instances",
+            "planner ms",
+            "greedy ms",
+            "time planner/greedy",
+            "balance planner",
+            "balance greedy",
+        ],
+        rows,
+        [plot],
+    )
+
+
+# -- single migrations --------------------------------------------------------------------------
+
+
+def migration_section(results: list[dict[str, Any]], out: Path) -> Section:
+    def median(r: dict[str, Any], key: str) -> float:
+        return float(statistics.median(s[key] for s in r["samples"]))
+
+    rows: list[list[Cell]] = [
+        [
+            r["scenario"]["name"],
+            r["scenario"]["ram_mb"],
+            r["scenario"]["dirty_mibps"],
+            r["minimum_s"],
+            median(r, "wall_s"),
+            r["ratio_to_minimum"],
+            f"{median(r, 'downtime_ms'):.0f}",
+            f"{median(r, 'blackout_ms'):.0f}",
+        ]
+        for r in results
+    ]
+    return Section(
+        "Live migration of one guest",
+        "ferry bench migration --dir LAB --out DIR",
+        "Medians of several migrations per scenario (real QEMU in the lab, TLS on). Minimum: "
+        "guest memory / the link's TCP throughput measured in the same run.",
+        [
+            "scenario",
+            "RAM MiB",
+            "dirty MiB/s",
+            "minimum s",
+            "wall s",
+            "stream / minimum",
+            "downtime ms",
+            "blackout ms",
+        ],
+        rows,
+    )
+
+
+# -- lab drain ----------------------------------------------------------------------------------
+
+
+def drain_section(report: dict[str, Any], out: Path) -> Section:
+    runs: list[dict[str, Any]] = report["runs"]
+    probe = report.get("probe_interval_ms", 20)
+    rows: list[list[Cell]] = [
+        [
+            r.get("workload", "idle"),
+            r["mode"],
+            r["wall_s"],
+            r["bound_s"],
+            r["ratio_to_bound"],
+            r["ratio_to_one_at_a_time"] if r["ratio_to_one_at_a_time"] is not None else "-",
+            "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
+            r.get("throughput_to_link") or "-",
+        ]
+        for r in runs
+    ]
+    labels = [f"{r.get('workload', 'idle')}\n{r['mode']}" for r in runs]
+    times = _bars(
+        out / "drain-time.png",
+        labels,
+        {"drain": [r["wall_s"] for r in runs], "physical bound": [r["bound_s"] for r in runs]},
+        "seconds",
+        "Drain time against the physical bound",
+    )
+    blackouts = _spread(
+        out / "drain-blackout.png",
+        labels,
+        [r["blackouts_ms"] for r in runs],
+        "ms",
+        f"Blackout per instance ({probe:.0f} ms prober)",
+    )
+    return Section(
+        "Lab drain: real QEMU, shaped links",
+        "ferry bench drain --dir LAB --workloads idle,dirtying --out DIR",
+        "A host's guests drained live by Ferry and, as the baseline, by one migration at a time "
+        "(max_parallel=1, max_outbound=1, prepare_ahead=0: a client-side loop), on the same "
+        "guests in the same run. Physical bound: bytes the drain moved / the source link's TCP "
+        f"throughput measured in the run. Blackout: longest gap of a {probe:.0f} ms prober per "
+        "instance (median/p99/max). Throughput: each migration's bytes over its own time "
+        "(median), over the link's.",
+        [
+            "workload",
+            "mode",
+            "drain s",
+            "bound s",
+            "x bound",
+            "x one-at-a-time",
+            "blackout ms median/p99/max",
+            "migration throughput / link",
+        ],
+        rows,
+        [times, blackouts],
+    )
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+
+def _bars(path: Path, labels: list[str], series: dict[str, list[float]], ylabel: str,
+          title: str) -> str:  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels)), 4.0))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
+        ax.bar(xs, values, width, label=name)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _saved(fig, path)
+
+
+def _spread(path: Path, labels: list[str], values: list[list[float]], ylabel: str,
+            title: str) -> str:  # fmt: skip
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(labels)), 4.0))
+    for x, points in enumerate(values):
+        ax.scatter([x] * len(points), points, alpha=0.7)
+        if points:
+            ax.hlines(statistics.median(points), x - 0.3, x + 0.3, colors="black")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + " (bar: median)")
+    return _saved(fig, path)
+
+
+def _saved(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+SECTIONS: dict[str, Callable[[Any, Path], Section]] = {
+    "planner": planner_section,
+    "migration": migration_section,
+    "drain": drain_section,
+}

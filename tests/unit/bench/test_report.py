@@ -1,0 +1,49 @@
+"""The bench report: markdown with a section per result file present, ratios as the benches
+computed them, and real PNG plots next to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ferry.bench import planner, report
+from ferry.bench.drain import DrainRun, to_json
+from ferry.scheduler.setup import build
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _drain_results() -> dict[str, object]:
+    return to_json([
+        DrainRun("idle", "ferry", 8.0, 530.0, 114.0, [100.0, 140.0, 240.0], [90], [60.0, 80.0]),
+        DrainRun("idle", "one at a time", 14.4, 530.0, 114.0, [120.0, 160.0], [110], [100.0]),
+    ])  # fmt: skip
+
+
+def test_a_report_has_a_section_per_result_and_real_plots(tmp_path: Path) -> None:
+    results = planner.to_json(planner.run(build(), planner.specs([40], 10, 1), lambda _: None))
+    report.save(tmp_path, "planner", results)
+    report.save(tmp_path, "drain", _drain_results())
+
+    text = report.build(tmp_path).read_text()
+
+    assert "## Evacuation planner: time and balance" in text
+    assert "## Lab drain: real QEMU, shaped links" in text
+    assert "## Live migration of one guest" not in text  # no migration.json in the directory
+    assert "| idle | one at a time | 14.40 |" in text
+    assert "| 0.56 |" in text  # 8.0 s over the 14.4 s of one at a time
+    assert "140/240/240" in text  # blackout median/p99/max of the Ferry drain
+    for name in ("planner-balance.png", "drain-time.png", "drain-blackout.png"):
+        assert f"]({name})" in text
+        assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no bench results"):
+        report.build(tmp_path)
+
+
+def test_markdown_table_formats_floats_and_keeps_text() -> None:
+    lines = report.markdown_table(["a", "b"], [["x", 1.23456], ["y", 7]])
+    assert lines == ["| a | b |", "|---|---|", "| x | 1.23 |", "| y | 7 |"]
