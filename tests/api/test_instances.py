@@ -287,6 +287,8 @@ async def test_guest_reports_settle_building_and_notice_lost_instances(api: Api)
     await _report(api, [guest, {"id": vm2["id"], "name": "vm-2", "power": "running"}])
     await _report(api, [{**guest, "power": "crashed", "detail": "QEMU exited with 1"}])
     assert await _state(api, "vm-1") == ("error", "QEMU exited with 1")
+    assert await _state(api, "vm-2") == ("running", None)  # one report may be stale
+    await _report(api, [])
     assert await _state(api, "vm-2") == ("error", "the host does not run it")
     kinds = [
         (e["kind"], e["actor"])
@@ -298,3 +300,25 @@ async def test_guest_reports_settle_building_and_notice_lost_instances(api: Api)
         ("instance.running", "system"),
         ("instance.error", "system"),
     ]
+
+
+async def test_a_report_older_than_the_instance_start_does_not_fail_it(api: Api) -> None:
+    """Regression: the agent listed its guests, the controller started an instance there and
+    marked it running, then that older list arrived without it. At scale (many instances
+    starting while heartbeats wait for the database) this failed healthy instances. Only the
+    next report, listed after the controller answered, can tell that the instance is gone."""
+    await _catalog(api)
+    await _host(api, "node-1")
+    vm1, vm2 = await _create(api, "vm-1"), await _create(api, "vm-2")
+    one = {"id": vm1["id"], "name": "vm-1", "power": "running"}
+    two = {"id": vm2["id"], "name": "vm-2", "power": "running"}
+    await _report(api, [one, two])
+    assert await _state(api, "vm-2") == ("running", None)
+    await _report(api, [one])  # listed before vm-2 started: stale for vm-2
+    assert await _state(api, "vm-2") == ("running", None)
+    await _report(api, [one, two])  # the next list has it: nothing was lost
+    await _report(api, [one])  # missing once more: still only one report
+    assert await _state(api, "vm-2") == ("running", None)
+    await _report(api, [one])
+    assert await _state(api, "vm-2") == ("error", "the host does not run it")
+    assert await _state(api, "vm-1") == ("running", None)

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from ferry.faults.cluster import AgentFiles, agent_toml, controller_argv, controller_env
 from ferry.pki.ca import IssuedCert, init_ca, issue
 from tests.cli.live import FERRY, free_port
 
@@ -70,27 +71,10 @@ class TlsCluster:
         return context
 
     def start_controller(self) -> Process:
-        cert = self.controller_cert
         proc = Process(
-            [
-                FERRY,
-                "controller",
-                "serve",
-                "--state-dir",
-                str(self.root / "state"),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--log-level",
-                "warning",
-            ],
+            controller_argv(self.root / "state", self.port),
             self.root / "controller.log",
-            {
-                "FERRY_TLS_CERT": str(cert.cert),
-                "FERRY_TLS_KEY": str(cert.key),
-                "FERRY_TLS_CA": str(cert.ca),
-                "FERRY_HEARTBEAT_INTERVAL": "1",
-                "FERRY_RECONCILE_INTERVAL": "0.2",
-            },
+            controller_env(self.controller_cert),
         )
         proc.start()
         self.processes.append(proc)
@@ -124,30 +108,17 @@ class TlsCluster:
         token = self.api("POST", "/v1/tokens", json={"name": f"agent-{name}", "role": "agent"})
         token_file = self.root / f"{name}.token"
         token_file.write_text(token["secret"])
-        port = free_port()
+        files = AgentFiles(
+            name,
+            free_port(),
+            self.url,
+            token_file,
+            self.root / name,
+            host,
+            self.controller_cert.cert,
+        )
         config = self.root / f"{name}.toml"
-        lines = [
-            f'name = "{name}"',
-            f'listen = "127.0.0.1:{port}"',
-            'management_address = "127.0.0.1"',
-            'migration_address = "127.0.0.1"',
-            f'controller_url = "{self.url}"',
-            f'token_file = "{token_file}"',
-            f'driver = "{driver}"',
-            f'run_dir = "{self.root / name}"',
-            'networks = ["default"]',
-            *[f'{k} = "{v}"' for k, v in extra.items()],
-            "[inventory]",
-            "vcpus = 4",
-            "ram_mb = 4096",
-            "disk_gb = 50",
-            "[tls]",
-            f'ca = "{host.ca}"',
-            f'cert = "{host.cert}"',
-            f'key = "{host.key}"',
-            f'controller_cert = "{self.controller_cert.cert}"',
-        ]
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text(agent_toml(files, driver, extra=extra))
         return config
 
     def start_agent(self, config: Path) -> Process:

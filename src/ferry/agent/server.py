@@ -18,6 +18,8 @@ from ferry.agent.drivers.base import (
     MigrationParams,
     PortSpec,
 )
+from ferry.agent.drivers.fake import FakeDriver
+from ferry.agent.drivers.fake_faults import fault_routes
 from ferry.protocol import (
     GuestReport,
     GuestSpecIn,
@@ -116,4 +118,6 @@ def create_agent_app(driver: Driver, host: str) -> FastAPI:
         await driver.destroy(instance_id)
         return Response(status_code=204)
 
+    if isinstance(driver, FakeDriver):  # simulated hosts only: faults on demand
+        app.include_router(fault_routes(driver))
     return app

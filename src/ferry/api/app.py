@@ -15,6 +15,7 @@ from ferry.api.routers import (
     health,
     hosts,
     instances,
+    metrics,
     migrations,
     server_groups,
     tokens,
@@ -55,6 +56,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         tokens,
         webhooks,
         whoami,
+        metrics,
     ):
         app.include_router(module.router)
     dashboard.install(app)

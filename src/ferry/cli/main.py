@@ -13,6 +13,7 @@ from ferry.cli import (
     bench_cmd,
     controller_cmd,
     events,
+    faults_cmd,
     hosts,
     image_cmd,
     instances,
@@ -47,6 +48,7 @@ app.add_typer(pki_cmd.app, name="pki")
 app.add_typer(image_cmd.app, name="image")
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(bench_cmd.app, name="bench")
+app.add_typer(faults_cmd.app, name="faults")
 
 
 def _version(value: bool) -> None:

@@ -71,7 +71,9 @@ class Controller:
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         policy = ConvergencePolicy().with_overrides(settings.migration_policy)
         self.migrations = MigrationService(self.store, self.placer, policy)
-        migrator = MigrationReconciler(self.store, self.agents)
+        migrator = MigrationReconciler(
+            self.store, self.agents, poll_s=settings.reconcile_interval / 2
+        )
         drainer = DrainReconciler(self.store, self.placer, self.drain_defaults, policy)
         self.loops = [
             ReconcileLoop(

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from ferry.db.stats import StatementCounter
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -37,6 +39,8 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, echo=echo)
+        self.statements = StatementCounter()  # served at GET /v1/metrics
+        self.statements.attach(self.engine.sync_engine)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

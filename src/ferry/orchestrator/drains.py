@@ -12,7 +12,8 @@ correctly after any restart:
   one done frees the source soonest); while a migration from the source is stalling (its downtime
   limit escalated), no new one starts there, so it keeps the link to converge;
 - retries: a failed migration is retried after `retry_backoff_s` (doubling) on a destination
-  that has not failed that instance, up to `max_attempts`;
+  that has not failed a live move of that instance (a cold move may go anywhere), up to
+  `max_attempts`;
 - the end: no instance left -> the drain completes and the host is `in_maintenance`; nothing in
   flight or waiting but instances that could not be moved -> the drain fails naming each, and
   the host is `drain_failed` (it stays out of service); the source agent down -> the drain fails
@@ -219,26 +220,25 @@ class DrainReconciler:
     ) -> None:
         await session.flush()  # new queued records get their ids
         load = await _load(session)
-        if host.id in load.stalling:
-            return
+        if host.id in load.stalling or _at_limit(load, host, policy):
+            return  # before reading the cluster: most passes of a busy drain stop here
         candidates = {c.name: c for c in await self.placer.candidates(session)}
         planned = {e.get("instance_id"): e.get("destination") for e in drain.plan or []}
-        names = {h.id: h.name for h in (await session.scalars(select(Host))).all()}
+        names = {ident: name for ident, name in (await session.execute(select(Host.id, Host.name)))}
         ids = {name: ident for ident, name in names.items()}
         instances = {i.id: i for i in await instances_on(session, host.id)}
         for migration in sorted(queued, key=lambda m: _size(instances.get(m.instance_id))):
-            if (
-                load.drains >= policy.max_parallel
-                or load.outbound[host.id] >= policy.max_outbound + policy.prepare_ahead
-            ):
+            if _at_limit(load, host, policy):
                 return
             instance = instances.get(migration.instance_id)
             if instance is None:
                 continue
+            # A destination that failed a live move is not tried again for it; a cold move
+            # (the guest died, perhaps while those live moves were tried) may go anywhere.
             failed_on = {
                 names.get(m.dest_host_id or 0)
                 for m in tries.get(instance.id, [])
-                if m.state == _S.FAILED
+                if m.state == _S.FAILED and m.kind == migration.kind
             }
             hosts = [
                 c for c in candidates.values() if c.name != host.name and c.name not in failed_on
@@ -363,6 +363,14 @@ async def _load(session: AsyncSession) -> _Load:
     return load
 
 
+def _at_limit(load: _Load, source: Host, policy: DrainPolicy) -> bool:
+    """No drain migration may start now: the cluster's or the source's limit is reached."""
+    return (
+        load.drains >= policy.max_parallel
+        or load.outbound[source.id] >= policy.max_outbound + policy.prepare_ahead
+    )
+
+
 def _size(instance: Instance | None) -> tuple[int, str]:
     return (instance.ram_mb, instance.name) if instance else (0, "")
 
@@ -418,6 +426,22 @@ async def _move_cold(
         migration_id=migration.id,
         drain_id=migration.drain_id,
         data={"source": source.name, "destination": dest.name, "kind": "cold"},
+    )
+    # What a dead guest left on the source (its stopped QEMU's run directory and taps, or a
+    # handed-over copy) would outlive the move: the migration loop removes it like the source
+    # of a live move (finish-source removes only what does not run, and nothing is fine).
+    migration.leftover = "source"
+    migration.error = f"{source.name} may still hold a copy of {instance.name}; removing it"
+    record(
+        session,
+        EventKind.MIGRATION_LEFTOVER,
+        SYSTEM_ACTOR,
+        migration.error,
+        host=source.name,
+        instance_id=instance.id,
+        migration_id=migration.id,
+        drain_id=migration.drain_id,
+        data={"end": "source", "error": "moved cold"},
     )
 
 

@@ -4,10 +4,10 @@ recorded in its own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.controller.agents import AgentClient, AgentUnavailable
 from ferry.db.models import Host, Instance, Network
@@ -45,10 +45,21 @@ def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -
 
 
 class InstanceReconciler:
-    def __init__(self, store: Store, instances: InstanceService, agents: AgentClient) -> None:
+    """Within a pass, hosts are served in parallel, up to `parallel_hosts` at once, and each
+    host's instances in turn: a cluster booting thousands of instances is not paced by one
+    agent call at a time, and a slow agent does not hold up the other hosts of the pass."""
+
+    def __init__(
+        self,
+        store: Store,
+        instances: InstanceService,
+        agents: AgentClient,
+        parallel_hosts: int = 16,
+    ) -> None:
         self.store = store
         self.instances = instances
         self.agents = agents
+        self.parallel_hosts = parallel_hosts
 
     async def step(self) -> None:
         async with self.store.reading() as session:
@@ -63,17 +74,30 @@ class InstanceReconciler:
                     )
                 )
             ).all()
-            work = [(i, h, await self._spec(session, i)) for i, h in rows]
-        for instance, host, spec in work:
-            if instance.state == InstanceState.BUILDING:
-                await self._start(instance, host, spec)
-            else:
-                await self._destroy(instance, host)
+            networks = {n.name: n for n in (await session.scalars(select(Network))).all()}
+            work = [(i, h, guest_spec(i, networks)) for i, h in rows]
+        by_host: dict[int, list[tuple[Instance, Host, GuestSpecIn]]] = {}
+        for item in work:
+            by_host.setdefault(item[1].id, []).append(item)
+        gate = asyncio.Semaphore(self.parallel_hosts)
+        outcomes = await asyncio.gather(
+            *(self._on_host(items, gate) for items in by_host.values()), return_exceptions=True
+        )
         await self._forget_unplaced()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the loop logs it and tries again next pass
 
-    async def _spec(self, session: AsyncSession, instance: Instance) -> GuestSpecIn:
-        networks = {n.name: n for n in (await session.scalars(select(Network))).all()}
-        return guest_spec(instance, networks)
+    async def _on_host(
+        self, items: list[tuple[Instance, Host, GuestSpecIn]], gate: asyncio.Semaphore
+    ) -> None:
+        """One host's instances, one after the other (as its agent would take them anyway)."""
+        async with gate:
+            for instance, host, spec in items:
+                if instance.state == InstanceState.BUILDING:
+                    await self._start(instance, host, spec)
+                else:
+                    await self._destroy(instance, host)
 
     async def _start(self, instance: Instance, host: Host, spec: GuestSpecIn) -> None:
         if not host.agent_url:

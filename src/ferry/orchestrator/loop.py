@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 class ReconcileLoop:
     """Runs `step` every `interval` seconds, and sooner when the event bus signals a change.
-    `stop()` lets a pass in progress finish its transaction, then ends the loop."""
+    `stop()` lets a pass in progress finish its transaction, then ends the loop.
+
+    Passes start at least `min_gap` seconds apart (default: a tenth of the interval): a busy
+    cluster commits many times a second, and without the gap every commit would cost every loop
+    a pass. Commits during the gap are not lost: the next pass reads what they wrote."""
 
     def __init__(
         self,
@@ -22,31 +26,40 @@ class ReconcileLoop:
         step: Callable[[], Awaitable[object]],
         interval: float,
         bus: EventBus | None = None,
+        min_gap: float | None = None,
     ) -> None:
         self.name = name
         self.step = step
         self.interval = interval
         self.bus = bus
+        self.min_gap = interval / 10 if min_gap is None else min_gap
         self.passes = 0
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        clock = asyncio.get_running_loop()
         while not self._stopping.is_set():
             seen = self.bus.current() if self.bus else asyncio.Event()
+            started = clock.time()
             try:
                 await self.step()
             except Exception:
                 log.exception("reconcile loop %s: pass failed; retrying", self.name)
             self.passes += 1
             await self._pause(seen)
+            rest = started + self.min_gap - clock.time()
+            if rest > 0:
+                await self._pause(asyncio.Event(), rest)
 
-    async def _pause(self, changed: asyncio.Event) -> None:
+    async def _pause(self, changed: asyncio.Event, seconds: float | None = None) -> None:
+        """Until `changed` is set, the loop is stopped, or `seconds` (the interval) passed."""
         waits = [
             asyncio.ensure_future(changed.wait()),
             asyncio.ensure_future(self._stopping.wait()),
         ]
+        timeout = self.interval if seconds is None else seconds
         try:
-            await asyncio.wait(waits, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waits:
                 waiter.cancel()

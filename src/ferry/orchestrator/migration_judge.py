@@ -10,6 +10,10 @@ from ferry.domain.migration import MigrationState
 
 _S = MigrationState
 OWN_POWERS = ("running", "paused")  # a guest that lives on the host, not a migration target
+# An incoming migration target whose stream completed: QEMU runs the guest there by itself, and
+# the QEMU driver reports it `incoming` (until finish-destination) with this detail, QEMU's
+# runstate in parentheses ("migration target (inmigrate)" while the stream is awaited).
+ARRIVED_DETAIL = "migration target (running)"
 
 
 # -- where the instance runs: what each end says, and what follows ---------------------------
@@ -23,6 +27,7 @@ class Sighting:
     host: str
     power: str | None = None
     trouble: str | None = None
+    arrived: bool = False  # an incoming target that received the whole guest and runs it
 
     @property
     def answered(self) -> bool:
@@ -47,6 +52,8 @@ class Sighting:
             return f"{self.host} did not answer ({self.trouble})"
         if self.power is None:
             return f"{self.host} has no copy"
+        if self.arrived:
+            return f"{self.host} has it incoming, arrived and running"
         return f"{self.host} has it {self.power}"
 
 
@@ -70,7 +77,8 @@ def judge(
     answers. `waited_s` is how long no progress was seen; after `patience_s` a source that runs
     the guest keeps it."""
     seen = f"{source}; {dest}"
-    if dest.owns:
+    took_over = dest.owns or (dest.arrived and state is not _S.POSTCOPY)
+    if took_over:
         if source.runs:
             return Finding(Verdict.WAIT, f"both ends run it, touching neither ({seen})")
         return Finding(Verdict.MOVED, f"the destination took over ({seen})")
@@ -87,4 +95,13 @@ def judge(
     target_lost = dest.lacks or (dest.answered and state is not _S.POSTCOPY)
     if source.lacks and target_lost:
         return Finding(Verdict.LOST, f"neither end runs it ({seen})")
+    if source.owns and dest.lacks and waited_s > patience_s:
+        # Handed over (a paused source), and the destination has no live copy: the guest died
+        # there. A source paused in the switchover resumes by itself when its stream fails,
+        # so this is judged only once no progress was seen for the policy's patience.
+        return Finding(
+            Verdict.LOST,
+            f"the destination lost it after the hand-over; the source holds only a paused copy "
+            f"({seen})",
+        )
     return Finding(Verdict.WAIT, f"cannot tell where it runs ({seen})")

@@ -17,7 +17,9 @@ Crash safety rests on three rules:
 - Agent calls come before the record that they happened, and every call is idempotent, so a
   pass interrupted anywhere is simply repeated: finish_destination returns the running guest,
   finish_source returns when the source copy is gone, aborts of what is gone succeed.
-- Before the stream, an agent that fails a step unwinds the migration. From `running` on, when
+- Before the stream, an agent that fails a step unwinds the migration, unless the source no
+  longer runs the guest (its QEMU died): then it failed as lost, the instance in error (a
+  drain moves it cold rather than live again elsewhere). From `running` on, when
   the source cannot report the stream (its agent is unreachable, or the guest is no longer
   there) or a step at either end fails, both agents are asked where the instance runs and
   `judge` decides: the destination runs it as its own guest -> complete the move; the source runs
@@ -38,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,7 +59,13 @@ from ferry.domain.events import EventKind
 from ferry.domain.instance import InstanceState
 from ferry.domain.migration import MigrationAction, MigrationState
 from ferry.orchestrator.instances import guest_spec
-from ferry.orchestrator.migration_judge import Finding, Sighting, Verdict, judge
+from ferry.orchestrator.migration_judge import (
+    ARRIVED_DETAIL,
+    Finding,
+    Sighting,
+    Verdict,
+    judge,
+)
 from ferry.protocol import IncomingIn, MigrateIn, MigrationParamsIn, MigrationProgressOut, TuneIn
 from ferry.services.instances import InstanceService
 from ferry.services.migrations import ACTIVE, advance
@@ -69,6 +79,30 @@ _S = MigrationState
 STREAMING = (_S.RUNNING, _S.POSTCOPY, _S.SWITCHING)  # the source may have sent the guest
 CANCELLABLE = (_S.SCHEDULED, _S.PREPARING, _S.RUNNING)  # nothing handed over yet
 SOURCE, DESTINATION = "source", "destination"
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+async def _instances(session: AsyncSession, ids: set[str]) -> dict[str, Instance]:
+    if not ids:
+        return {}
+    rows = await session.scalars(select(Instance).where(Instance.id.in_(ids)))
+    return {i.id: i for i in rows.all()}  # ports load with them (selectin)
+
+
+async def _hosts(session: AsyncSession, ids: set[int]) -> dict[int, Host]:
+    if not ids:
+        return {}
+    return {h.id: h for h in (await session.scalars(select(Host).where(Host.id.in_(ids)))).all()}
+
+
+async def _streams(session: AsyncSession, drain_ids: set[str]) -> dict[str, int]:
+    """Each drain's limit of streams from one source (`max_outbound`)."""
+    if not drain_ids:
+        return {}
+    rows = await session.execute(select(Drain.id, Drain.policy).where(Drain.id.in_(drain_ids)))
+    return {ident: DrainPolicy.from_json(policy).max_outbound for ident, policy in rows.all()}
 
 
 # -- the reconciler ----------------------------------------------------------------------------
@@ -128,14 +162,31 @@ class Job:
 
 
 class MigrationReconciler:
-    def __init__(self, store: Store, agents: AgentClient) -> None:
+    """`poll_s`: a running migration's progress is read from its source at most once in that
+    many seconds, however often other commits wake the loop (each reading is an agent call and
+    a write): with many migrations in flight, polling each one on every pass would grow with
+    the square of their number."""
+
+    def __init__(self, store: Store, agents: AgentClient, poll_s: float = 0.0) -> None:
         self.store = store
         self.agents = agents
+        self.poll_s = poll_s
+        self._read_at: dict[str, float] = {}  # migration id -> when its progress was read
 
     async def step(self) -> None:
         jobs = await self._jobs()
         gate(jobs)
+        streaming = {j.migration.id for j in jobs if j.state in (_S.RUNNING, _S.POSTCOPY)}
+        self._read_at = {k: v for k, v in self._read_at.items() if k in streaming}
         await asyncio.gather(*(self._drive(job) for job in jobs))
+
+    def _due(self, job: Job) -> bool:
+        """Whether the migration's progress is due for a reading (see `poll_s`)."""
+        now = time.monotonic()
+        if now - self._read_at.get(job.migration.id, -math.inf) < self.poll_s:
+            return False
+        self._read_at[job.migration.id] = now
+        return True
 
     async def _jobs(self) -> list[Job]:
         """Active migrations, and finished ones that left a copy behind."""
@@ -145,18 +196,22 @@ class MigrationReconciler:
         async with self.store.reading() as session:
             migrations = (await session.scalars(query)).all()
             moving = {m.instance_id for m in migrations if m.state in ACTIVE}
+            # What the jobs need, in one query per table (ports come with the instances).
+            instances = await _instances(session, {m.instance_id for m in migrations})
+            ends = {m.source_host_id for m in migrations}
+            hosts = await _hosts(
+                session, ends | {m.dest_host_id for m in migrations if m.dest_host_id}
+            )
+            streams = await _streams(session, {m.drain_id for m in migrations if m.drain_id})
             jobs = []
             for m in migrations:
-                instance = await session.get(Instance, m.instance_id)
-                source = await session.get(Host, m.source_host_id)
-                dest = await session.get(Host, m.dest_host_id) if m.dest_host_id else None
+                instance = instances.get(m.instance_id)
+                source = hosts.get(m.source_host_id)
+                dest = hosts.get(m.dest_host_id) if m.dest_host_id else None
                 again = m.state not in ACTIVE and m.instance_id in moving
-                drain = await session.get(Drain, m.drain_id) if m.drain_id else None
-                streams = DrainPolicy.from_json(drain.policy).max_outbound if drain else None
                 if instance and source and dest:
-                    jobs.append(Job(m, instance, source, dest, again, streams))
-            for job in jobs:
-                job.instance.ports  # noqa: B018 - load while the session is open
+                    limit = streams.get(m.drain_id) if m.drain_id else None
+                    jobs.append(Job(m, instance, source, dest, again, limit))
         return jobs
 
     async def _drive(self, job: Job) -> None:
@@ -181,7 +236,8 @@ class MigrationReconciler:
         elif state is _S.PREPARING and job.may_stream:
             await self._start(job)
         elif state in (_S.RUNNING, _S.POSTCOPY):
-            await self._monitor(job)
+            if self._due(job):
+                await self._monitor(job)
         elif state is _S.SWITCHING:
             await self._switch(job)
 
@@ -307,19 +363,29 @@ class MigrationReconciler:
     # -- when an agent does not answer as expected -----------------------------------------
 
     async def _recover(self, job: Job, trouble: str) -> None:
-        """A step failed at an agent. Before streaming, unwind; from then on, ask both ends
-        where the instance runs and act on `judge`'s finding, or wait with the reason shown."""
+        """A step failed at an agent. Before streaming, unwind (or, when the source no longer
+        runs the guest, fail it as lost); from then on, ask both ends where the instance runs
+        and act on `judge`'s finding, or wait with the reason shown."""
         if job.state.value not in ACTIVE:
             return  # a leftover removal: retried next pass
         log.debug("migration %s: %s", job.migration.id, trouble)
         if job.state in STREAMING:
             finding = await self._find(job)
         else:
-            finding = Finding(Verdict.STAYED, trouble)
+            finding = await self._before_stream(job, trouble)
         try:
             await self._act(job, finding)
         except AgentUnavailable as exc:
             await self._wait(job, f"{finding.reason}; {exc}")
+
+    async def _before_stream(self, job: Job, trouble: str) -> Finding:
+        """Nothing was sent yet: the source keeps the guest, unless it does not run it any more
+        (its QEMU died). Then the instance is lost there, and is said so at once: a drain moves
+        it cold instead of trying it live on one destination after another."""
+        source = await self._sight(job.source, job)
+        if source.lacks:
+            return Finding(Verdict.LOST, f"the source does not run it ({source}): {trouble}")
+        return Finding(Verdict.STAYED, trouble)
 
     async def _find(self, job: Job) -> Finding:
         source, dest = await asyncio.gather(
@@ -335,7 +401,9 @@ class MigrationReconciler:
             guest = await self.agents.guest(self._url(host), job.instance.id)
         except AgentUnavailable as exc:
             return Sighting(host.name, trouble=str(exc))
-        return Sighting(host.name, guest.power if guest else None)
+        if guest is None:
+            return Sighting(host.name)
+        return Sighting(host.name, guest.power, arrived=guest.detail == ARRIVED_DETAIL)
 
     async def _act(self, job: Job, finding: Finding) -> None:
         if finding.verdict is Verdict.MOVED:

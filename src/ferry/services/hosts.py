@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.db.models import Allocation, Host, Instance
@@ -30,14 +30,39 @@ from ferry.services.store import Store, record
 
 @dataclass(frozen=True)
 class LivenessPolicy:
+    """A host is down once `misses` heartbeat intervals passed without one, as heard by this
+    controller: heartbeats sent while it was not running (a restart, a crash) were never
+    missed by the host. So a host that was up when the controller went away counts its silence
+    from `watching_since` (when this controller started listening), not from its last heartbeat
+    on record; a host already known to be down stays down until it is heard."""
+
     interval: timedelta
     misses: int = 3
+    watching_since: datetime = field(default_factory=utcnow)
 
     def of(self, host: Host, now: datetime | None = None) -> Liveness:
-        return liveness(host.last_heartbeat_at, now or utcnow(), self.interval, self.misses)
+        last = host.last_heartbeat_at
+        if last is not None and host.liveness_seen == Liveness.UP.value:
+            last = max(last, self.watching_since)
+        return liveness(last, now or utcnow(), self.interval, self.misses)
 
     def deadline(self, now: datetime | None = None) -> datetime:
         return heartbeat_deadline(now or utcnow(), self.interval, self.misses)
+
+    def listening_long_enough(self, now: datetime | None = None) -> bool:
+        """Whether this controller has listened for a whole window: before that, a host that
+        was up is not down whatever its last heartbeat on record."""
+        return self.watching_since < self.deadline(now)
+
+    def up(self) -> ColumnElement[bool]:
+        """`of(host) is UP`, as an SQL condition."""
+        heard = Host.last_heartbeat_at >= self.deadline()
+        if self.listening_long_enough():
+            return heard
+        return or_(
+            heard,
+            and_(Host.last_heartbeat_at.is_not(None), Host.liveness_seen == Liveness.UP.value),
+        )
 
 
 @dataclass(frozen=True)
@@ -153,12 +178,19 @@ class HostService:
         return host, created
 
     async def heartbeat(self, name: str, actor: str) -> Host:
-        async with self.store.write() as session:
+        """Move the host's heartbeat time. That alone wakes no loop and no event stream (nothing
+        acts on the time itself: liveness is judged against it at each read), so a thousand
+        hosts beating do not make every reconcile loop run a pass per beat; a host that comes
+        back up is announced and wakes them."""
+        async with self.store.db.writing() as session:
             host = await get_host(session, name)
-            self._beat(session, host, actor)
+            back = self._beat(session, host, actor)
+        if back:
+            self.store.bus.notify()
         return host
 
-    def _beat(self, session: AsyncSession, host: Host, actor: str) -> None:
+    def _beat(self, session: AsyncSession, host: Host, actor: str) -> bool:
+        """Record the beat; True when the host was down and is announced up again."""
         now = utcnow()
         was_down = host.last_heartbeat_at is not None and host.liveness_seen == Liveness.DOWN
         host.last_heartbeat_at = now
@@ -167,9 +199,12 @@ class HostService:
             record(
                 session, EventKind.HOST_UP, actor, f"host {host.name} is up again", host=host.name
             )
+        return was_down
 
     async def mark_down_silent_hosts(self) -> list[str]:
         """Announce, once, every host whose heartbeats stopped. Returns their names."""
+        if not self.policy.listening_long_enough():
+            return []  # just (re)started: no host had the time to miss a heartbeat to us
         async with self.store.write() as session:
             hosts = (
                 await session.scalars(
@@ -201,13 +236,10 @@ class HostService:
             query = query.where(Host.admin_state == flt.admin_state.value)
         if flt.maintenance:
             query = query.where(Host.maintenance_state.in_([m.value for m in flt.maintenance]))
-        deadline = self.policy.deadline()
         if flt.liveness is Liveness.UP:
-            query = query.where(Host.last_heartbeat_at >= deadline)
+            query = query.where(self.policy.up())
         elif flt.liveness is Liveness.DOWN:
-            query = query.where(
-                or_(Host.last_heartbeat_at.is_(None), Host.last_heartbeat_at < deadline)
-            )
+            query = query.where(or_(Host.last_heartbeat_at.is_(None), not_(self.policy.up())))
         return query
 
     async def list(self, flt: HostFilter) -> tuple[list[Host], dict[int, HostLoad]]:

@@ -53,6 +53,8 @@ class InstanceService:
     def __init__(self, store: Store, placer: placement.Placer) -> None:
         self.store = store
         self.placer = placer
+        # Per host, the running instances its latest report lacked (see apply_report).
+        self._unseen: dict[str, set[str]] = {}
 
     async def create(self, req: InstanceRequest, actor: str) -> Instance:
         _name("instance", req.name)
@@ -164,7 +166,14 @@ class InstanceService:
     async def apply_report(self, host_name: str, guests: list[GuestReport]) -> None:
         """What the agent says runs on its host settles building instances and notices crashes.
         An instance in flight is left to the migration reconciler, which asks both ends: its
-        source may rightly have let it go before the record moves it."""
+        source may rightly have let it go before the record moves it.
+
+        A report can be older than the instance's state: the agent lists its guests, then the
+        controller starts one there and marks it running, then the report arrives. So a running
+        instance missing from a report is declared lost only when the host's next report lacks
+        it too: an agent lists its guests for a heartbeat only after the controller answered
+        the previous one, so that next list is newer than the state the first one was held
+        against. A guest reported stopped or crashed is an error at once."""
         by_id = {g.id: g for g in guests}
         moving = select(Migration.instance_id).where(
             Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES])
@@ -178,15 +187,22 @@ class InstanceService:
                     Instance.id.not_in(moving),
                 )
             )
+            unseen = self._unseen.pop(host_name, set())
+            missing: set[str] = set()
             for instance in rows.all():
                 guest = by_id.get(instance.id)
                 if instance.state == InstanceState.BUILDING and guest and guest.power == "running":
                     self.mark_running(session, instance, host.name, "reported by the agent")
-                elif instance.state == InstanceState.RUNNING and (
-                    guest is None or guest.power in ("stopped", "crashed")
-                ):
-                    why = guest.detail if guest else "the host does not run it"
-                    self.mark_error(session, instance, host.name, why)
+                elif instance.state != InstanceState.RUNNING:
+                    continue
+                elif guest is not None and guest.power in ("stopped", "crashed"):
+                    self.mark_error(session, instance, host.name, guest.detail)
+                elif guest is None and instance.id in unseen:
+                    self.mark_error(session, instance, host.name, "the host does not run it")
+                elif guest is None:
+                    missing.add(instance.id)
+            if missing:
+                self._unseen[host_name] = missing
 
     @staticmethod
     def mark_running(session: AsyncSession, instance: Instance, host: str, how: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
-from collections import Counter
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,26 +49,26 @@ class Placer:
         self.scheduler = scheduler
         self.liveness = liveness
 
-    async def candidates(self, session: AsyncSession) -> list[Candidate]:
-        hosts = (await session.scalars(select(Host).order_by(Host.name))).all()
-        used: dict[int, Resources] = {}
-        members: dict[int, Counter[str]] = {}
-        rows = await session.execute(
-            select(Allocation, Instance.server_group).join(
-                Instance, Allocation.instance_id == Instance.id
-            )
+    async def candidates(
+        self, session: AsyncSession, *, only: str | None = None
+    ) -> list[Candidate]:
+        """Every host (or only the one named) as the scheduler sees it. What allocations claim
+        and which group members they hold are summed by the database, one row per host (and
+        group), so the cost follows the number of hosts, not of instances."""
+        query = select(Host).order_by(Host.name)
+        if only is not None:
+            query = query.where(Host.name == only)
+        hosts = (await session.scalars(query)).all()
+        ids = [host.id for host in hosts] if only is not None else None
+        used = await claimed(session, ids)
+        members = await group_members(session, ids)
+        flows = select(Migration.dest_host_id, func.count()).where(
+            Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES])
         )
-        for alloc, group in rows.all():
-            need = Resources(alloc.vcpus, alloc.ram_mb, alloc.disk_gb)
-            used[alloc.host_id] = used.get(alloc.host_id, Resources(0, 0, 0)) + need
-            if group:
-                members.setdefault(alloc.host_id, Counter())[group] += 1
-        flows = await session.execute(
-            select(Migration.dest_host_id, func.count())
-            .where(Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES]))
-            .group_by(Migration.dest_host_id)
-        )
-        inbound: dict[int | None, int] = {dest: n for dest, n in flows.all()}
+        if ids is not None:
+            flows = flows.where(Migration.dest_host_id.in_(ids))
+        rows = await session.execute(flows.group_by(Migration.dest_host_id))
+        inbound: dict[int | None, int] = {dest: n for dest, n in rows.all()}
         return [
             Candidate(
                 name=host.name,
@@ -81,7 +80,7 @@ class Placer:
                 networks=frozenset(host.networks),
                 traits=traits(host),
                 inbound=inbound.get(host.id, 0),
-                members=dict(members.get(host.id, {})),
+                members=members.get(host.id, {}),
             )
             for host in hosts
         ]
@@ -115,11 +114,7 @@ class Placer:
         exclude: str | None = None,
     ) -> Host:
         """The scheduler's host for `request` (or NoValidHost), as a database row."""
-        hosts = [
-            h
-            for h in await self.candidates(session)
-            if h.name != exclude and (only is None or h.name == only)
-        ]
+        hosts = [h for h in await self.candidates(session, only=only) if h.name != exclude]
         try:
             chosen = self.scheduler.select(hosts, request)
         except NoValidHost as exc:
@@ -171,6 +166,42 @@ class Placer:
         return plan_evacuation(self.scheduler, source, movables, candidates)
 
 
+async def claimed(session: AsyncSession, host_ids: list[int] | None) -> dict[int, Resources]:
+    """What allocations claim per host (of `host_ids`, or of all hosts for None)."""
+    query = select(
+        Allocation.host_id,
+        func.sum(Allocation.vcpus),
+        func.sum(Allocation.ram_mb),
+        func.sum(Allocation.disk_gb),
+    )
+    if host_ids is not None:
+        query = query.where(Allocation.host_id.in_(host_ids))
+    rows = await session.execute(query.group_by(Allocation.host_id))
+    return {
+        host_id: Resources(int(vcpus or 0), int(ram or 0), int(disk or 0))
+        for host_id, vcpus, ram, disk in rows.all()
+    }
+
+
+async def group_members(
+    session: AsyncSession, host_ids: list[int] | None
+) -> dict[int, dict[str, int]]:
+    """Per host, how many allocations each server group holds there (in flight ones too)."""
+    query = (
+        select(Allocation.host_id, Instance.server_group, func.count())
+        .join(Instance, Allocation.instance_id == Instance.id)
+        .where(Instance.server_group.is_not(None))
+    )
+    if host_ids is not None:
+        query = query.where(Allocation.host_id.in_(host_ids))
+    rows = await session.execute(query.group_by(Allocation.host_id, Instance.server_group))
+    members: dict[int, dict[str, int]] = {}
+    for host_id, group, count in rows.all():
+        if group is not None:
+            members.setdefault(host_id, {})[group] = count
+    return members
+
+
 def no_valid_host(what: str, exc: NoValidHost) -> Conflict:
     return Conflict(f"{what}: {exc}")
 
@@ -188,8 +219,7 @@ async def free_ip(session: AsyncSession, network: Network) -> str:
 
 async def free_mac(session: AsyncSession) -> str:
     """A locally administered unicast MAC in QEMU's customary 52:54:00 range, unused so far."""
-    taken = set((await session.scalars(select(Port.mac))).all())
-    while True:
+    while True:  # one indexed lookup per try: 16 million MACs, so a try rarely fails
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-        if mac not in taken:
+        if await session.scalar(select(Port.id).where(Port.mac == mac).limit(1)) is None:
             return mac

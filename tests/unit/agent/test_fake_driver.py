@@ -68,7 +68,7 @@ async def test_destroy_removes_and_unknown_id_succeeds(state: Path) -> None:
     await driver.destroy("ffffffff-0000-0000-0000-000000000000")
     assert await driver.list() == []
     assert await driver.get(spec(1).id) is None
-    assert saved(state) == []
+    assert saved(state)["guests"] == []
 
 
 async def test_capacity_refusal_names_the_free_memory(state: Path) -> None:

@@ -9,7 +9,29 @@ migrating while its agent is down, and a restarted agent reads where it got (que
 The migration calls refuse what the QEMU driver refuses, so the controller meets the same answers:
 no progress for a guest that is not here, no abort of a source that handed over (or is in
 post-copy), no removal of a source that was not handed over, no abort of a destination that runs
-the guest as its own.
+the guest as its own. A migration target carries a marker until `finish_destination`, like the
+QEMU driver's `incoming.json`, so a target whose process died is still told from a guest.
+
+Fault hooks (fake_faults.py serves them on the agent API of a fake host only) make happen what
+happens to real hosts, with the answers the QEMU driver then gives:
+
+- `crash`: the guest's QEMU process dies. The guest is listed `stopped` (its run directory
+  stays), its outgoing stream is gone with it (no progress: "does not run on this host"), a
+  source can be removed, a dead target can be aborted, a stopped guest can be replaced by an
+  incoming target or started again.
+- `peer_lost`: the other end of this guest's migration vanished (its QEMU died). A source's
+  stream in progress fails and the guest keeps running (QEMU resumes it); a stream not started
+  yet fails as soon as it starts (connection refused). A target waiting for a stream exits, as a
+  failed incoming migration ends the destination QEMU in 7.2. A handed-over source and a guest
+  that finished arriving are not affected.
+- `arrive`: the stream into this target completed, so the guest runs here, which its report
+  says as the QEMU driver's does ("migration target (running)" rather than "(inmigrate)").
+  The fake learns of it only through this hook: its targets otherwise wait until
+  finish-destination, so a controller that cannot hear the source waits rather than concludes.
+- `set_link(up=False)`: the host's migration link is cut. Outgoing streams stay `active` but no
+  byte moves (a TCP stream over a dead link stalls; QEMU does not give up by itself), so the
+  controller's no-progress timeout decides; once the link is up again the streams go on where
+  they stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +57,22 @@ from ferry.agent.drivers.base import (
 )
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 
+DEAD = (GuestPower.STOPPED, GuestPower.CRASHED)
+IN_PROGRESS = ("setup", "active", "device")
+# How the QEMU driver describes a migration target: "migration target (<QEMU runstate>)"; a
+# target whose stream completed runs the guest already (QEMU starts it by itself).
+WAITING = "migration target (inmigrate)"
+ARRIVED = "migration target (running)"
+
+
+@dataclass(frozen=True)
+class Crash:
+    """What a crash cut short: whether the guest was a migration target, and the status of its
+    outgoing stream at that moment (`none` without one)."""
+
+    target: bool
+    stream: str
+
 
 class FakeDriver(Driver):
     name = "fake"
@@ -47,21 +85,33 @@ class FakeDriver(Driver):
         self._boot_seconds = boot_seconds
         self._guests: dict[str, GuestStatus] = {}
         self._specs: dict[str, GuestSpec] = {}
+        self._targets: set[str] = set()  # incoming migration targets (QEMU: incoming.json)
         # Outgoing migrations: the model and when it started (wall clock, so that it survives a
         # restart), or a final reading.
         self._outgoing: dict[str, tuple[SimulatedMigration, float]] = {}
         self._ended: dict[str, MigrationProgress] = {}
+        self._doomed: set[str] = set()  # the next stream fails at once: its peer is gone
+        self._link_down_since: float | None = None
         if state_file is not None and state_file.exists():
-            for raw in json.loads(state_file.read_text()):
-                self._load(raw)
+            raw = json.loads(state_file.read_text())
+            if isinstance(raw, list):  # the format before the link state was kept
+                raw = {"guests": raw}
+            self._link_down_since = raw.get("link_down_since")
+            for guest in raw["guests"]:
+                self._load(guest)
 
     def _load(self, raw: dict[str, Any]) -> None:
         spec = raw.pop("spec")
         outgoing, ended = raw.pop("outgoing", None), raw.pop("ended", None)
+        target, doomed = raw.pop("target", False), raw.pop("doomed", False)
         status = GuestStatus(**{**raw, "power": GuestPower(raw["power"])})
         self._guests[status.id] = status
         ports = tuple(PortSpec(**port) for port in spec.pop("ports"))
         self._specs[status.id] = GuestSpec(**spec, ports=ports)
+        if target or status.power is GuestPower.INCOMING:  # older files: the power said so
+            self._targets.add(status.id)
+        if doomed:
+            self._doomed.add(status.id)
         if outgoing is not None:
             model = outgoing["model"]
             params = MigrationParams(**model.pop("params"))
@@ -77,9 +127,9 @@ class FakeDriver(Driver):
 
     async def spawn(self, spec: GuestSpec) -> GuestStatus:
         existing = self._guests.get(spec.id)
-        if existing is not None:
+        if existing is not None and existing.power not in DEAD:
             return existing
-        used = sum(s.ram_mb for s in self._specs.values())
+        used = sum(s.ram_mb for i, s in self._specs.items() if i != spec.id)
         if used + spec.ram_mb > self._facts.ram_mb:
             raise DriverError(
                 f"cannot start {spec.name}: {spec.ram_mb} MiB requested, "
@@ -87,6 +137,7 @@ class FakeDriver(Driver):
             )
         if self._boot_seconds:
             await asyncio.sleep(self._boot_seconds)
+        self._forget(spec.id)  # a stopped guest starts afresh (QEMU: a new run directory)
         status = GuestStatus(
             spec.id,
             spec.name,
@@ -99,11 +150,16 @@ class FakeDriver(Driver):
         return status
 
     async def destroy(self, instance_id: str) -> None:
+        self._forget(instance_id)
+        self._save()
+
+    def _forget(self, instance_id: str) -> None:
         self._guests.pop(instance_id, None)
         self._specs.pop(instance_id, None)
+        self._targets.discard(instance_id)
         self._outgoing.pop(instance_id, None)
         self._ended.pop(instance_id, None)
-        self._save()
+        self._doomed.discard(instance_id)
 
     async def list(self) -> list[GuestStatus]:
         for instance_id in list(self._outgoing):
@@ -116,13 +172,14 @@ class FakeDriver(Driver):
         self, spec: GuestSpec, port: int, params: MigrationParams
     ) -> GuestStatus:
         existing = self._guests.get(spec.id)
-        if existing is not None:
-            if existing.power is GuestPower.INCOMING:
+        if existing is not None and existing.power not in DEAD:
+            if spec.id in self._targets:
                 return existing
             raise DriverError(f"{spec.name} already runs on this host")
         status = await self.spawn(spec)
         status.power = GuestPower.INCOMING
-        status.detail = f"waiting for a migration stream on port {port}"
+        status.detail = WAITING  # QEMU's runstate of a target, as the QEMU driver reports it
+        self._targets.add(spec.id)
         self._save()
         return status
 
@@ -132,15 +189,26 @@ class FakeDriver(Driver):
         spec = self._running_spec(instance_id)
         if instance_id in self._outgoing:
             return
+        if instance_id in self._doomed:  # nobody listens any more: the connection is refused
+            self._doomed.discard(instance_id)
+            self._ended[instance_id] = MigrationProgress(
+                status="failed", error=f"Failed to connect to {channel.address}:{channel.port}"
+            )
+            self._save()
+            return
         model = SimulatedMigration(spec.ram_mb * MIB, spec.dirty_rate_mbps * MIB, params)
         self._outgoing[instance_id] = (model, time.time())
         self._ended.pop(instance_id, None)
         self._save()
 
     async def migration_status(self, instance_id: str) -> MigrationProgress:
-        if instance_id not in self._guests:
+        if not self._alive(instance_id):
             raise DriverError(f"{instance_id} does not run on this host")
         return self._read_outgoing(instance_id)
+
+    def _clock(self) -> float:
+        """Now, for the streams: while the link is cut their time stands still."""
+        return self._link_down_since if self._link_down_since is not None else time.time()
 
     def _read_outgoing(self, instance_id: str) -> MigrationProgress:
         if instance_id in self._ended:
@@ -148,7 +216,7 @@ class FakeDriver(Driver):
         if instance_id not in self._outgoing:
             return MigrationProgress(status="none")
         model, started = self._outgoing[instance_id]
-        reading = model.at(time.time() - started)
+        reading = model.at(max(self._clock() - started, 0.0))
         if reading.finished:
             self._ended[instance_id] = reading
             del self._outgoing[instance_id]
@@ -173,7 +241,7 @@ class FakeDriver(Driver):
         )
         if start_postcopy and not params.postcopy:
             raise DriverError("post-copy was not enabled for this migration")
-        postcopy_at = time.time() - started if start_postcopy else model.postcopy_at
+        postcopy_at = max(self._clock() - started, 0.0) if start_postcopy else model.postcopy_at
         self._outgoing[instance_id] = (
             replace(model, params=params, postcopy_at=postcopy_at),
             started,
@@ -182,10 +250,14 @@ class FakeDriver(Driver):
 
     async def finish_destination(self, instance_id: str) -> GuestStatus:
         guest = self._guests.get(instance_id)
-        if guest is not None and guest.power is GuestPower.RUNNING:
-            return guest  # finished before
-        if guest is None or guest.power is not GuestPower.INCOMING:
+        if instance_id not in self._targets:
+            if guest is not None and guest.power is GuestPower.RUNNING:
+                return guest  # finished before
             raise DriverError(f"no incoming migration of {instance_id} on this host")
+        assert guest is not None
+        if guest.power in DEAD:
+            raise DriverError(f"the incoming QEMU of {instance_id} exited: migration failed")
+        self._targets.discard(instance_id)
         self._set_power(instance_id, GuestPower.RUNNING, "")
         return guest
 
@@ -193,7 +265,9 @@ class FakeDriver(Driver):
         guest = self._guests.get(instance_id)
         if guest is None:
             return  # finished before
-        if guest.power is not GuestPower.PAUSED:
+        if instance_id in self._targets:
+            raise DriverError(f"{instance_id} is an incoming migration target on this host")
+        if guest.power not in (GuestPower.PAUSED, *DEAD):
             raise DriverError(
                 f"{instance_id} is {guest.power} here, not handed over: not removing it"
             )
@@ -206,8 +280,9 @@ class FakeDriver(Driver):
             await self._abort_destination(instance_id)
 
     def _abort_source(self, instance_id: str) -> None:
-        guest = self._guests.get(instance_id)
-        if guest is None or guest.power is GuestPower.INCOMING:
+        if instance_id in self._targets:
+            raise DriverError(f"{instance_id} is an incoming migration target on this host")
+        if not self._alive(instance_id):
             raise DriverError(f"{instance_id} does not run on this host")
         status = self._read_outgoing(instance_id).status
         if status == "completed":
@@ -220,15 +295,19 @@ class FakeDriver(Driver):
             )
         if self._outgoing.pop(instance_id, None) is not None:
             self._ended[instance_id] = MigrationProgress(status="cancelled")
+        self._doomed.discard(instance_id)
         self._set_power(instance_id, GuestPower.RUNNING, "")
 
     async def _abort_destination(self, instance_id: str) -> None:
-        guest = self._guests.get(instance_id)
-        if guest is None:
+        if instance_id not in self._guests:
             return  # aborted before, or never prepared
-        if guest.power is not GuestPower.INCOMING:
+        if instance_id not in self._targets:
             raise DriverError(f"{instance_id} runs on this host as a guest, not as a target")
         await self.destroy(instance_id)
+
+    def _alive(self, instance_id: str) -> bool:
+        guest = self._guests.get(instance_id)
+        return guest is not None and guest.power not in DEAD
 
     def _running_spec(self, instance_id: str) -> GuestSpec:
         guest = self._guests.get(instance_id)
@@ -243,13 +322,85 @@ class FakeDriver(Driver):
             guest.detail = detail
             self._save()
 
+    # -- fault hooks (see the module's docstring) --------------------------------------------
+
+    def crash(self, instance_id: str) -> Crash:
+        """The guest's QEMU process dies."""
+        if instance_id not in self._guests:
+            raise DriverError(f"{instance_id} is not on this host")
+        target = instance_id in self._targets
+        stream = self._read_outgoing(instance_id).status
+        self._outgoing.pop(instance_id, None)
+        self._ended.pop(instance_id, None)
+        self._doomed.discard(instance_id)
+        why = "the incoming QEMU exited" if target else "no QEMU process"
+        self._set_power(instance_id, GuestPower.STOPPED, why)
+        return Crash(target, stream)
+
+    def peer_lost(self, instance_id: str) -> str:
+        """The other end of this guest's migration vanished. Returns the status of this
+        source's stream before (`none` for a target, or without a stream)."""
+        if not self._alive(instance_id):
+            return "none"
+        if instance_id in self._targets:
+            if self._guests[instance_id].detail != ARRIVED:
+                self._set_power(instance_id, GuestPower.STOPPED, "the incoming QEMU exited")
+            return "none"
+        status = self._read_outgoing(instance_id).status
+        if status in IN_PROGRESS:
+            del self._outgoing[instance_id]
+            self._ended[instance_id] = MigrationProgress(
+                status="failed", error="Unable to write to socket: Connection reset by peer"
+            )
+            self._set_power(instance_id, GuestPower.RUNNING, "")
+        elif status != "completed" and not status.startswith("postcopy"):
+            self._doomed.add(instance_id)  # until the stream is tried, or the source aborts
+            self._save()
+        return status
+
+    def arrive(self, instance_id: str) -> None:
+        """The stream into this target completed: the guest runs here (it stays a target,
+        reported `incoming`, until finish-destination, as with the QEMU driver)."""
+        if instance_id in self._targets and self._alive(instance_id):
+            self._set_power(instance_id, GuestPower.INCOMING, ARRIVED)
+
+    def set_link(self, *, up: bool) -> None:
+        """Cut the host's migration link, or bring it back."""
+        now = time.time()
+        if up and self._link_down_since is not None:
+            cut = self._link_down_since
+            for instance_id, (model, started) in list(self._outgoing.items()):
+                self._outgoing[instance_id] = (model, started + now - max(cut, started))
+            self._link_down_since = None
+        elif not up and self._link_down_since is None:
+            self._link_down_since = now
+        self._save()
+
+    @property
+    def link_up(self) -> bool:
+        return self._link_down_since is None
+
+    # -- state file ----------------------------------------------------------------------------
+
     def _save(self) -> None:
-        if self._state_file is not None:
-            saved = [self._saved(g) for g in self._guests.values()]
-            self._state_file.write_text(json.dumps(saved))
+        """Write the state atomically: an agent killed while saving leaves the old or the new
+        file, never half of one."""
+        if self._state_file is None:
+            return
+        saved = {
+            "guests": [self._saved(g) for g in self._guests.values()],
+            "link_down_since": self._link_down_since,
+        }
+        partial = self._state_file.with_name(self._state_file.name + ".tmp")
+        partial.write_text(json.dumps(saved))
+        partial.replace(self._state_file)
 
     def _saved(self, guest: GuestStatus) -> dict[str, Any]:
         entry = {**asdict(guest), "spec": asdict(self._specs[guest.id])}
+        if guest.id in self._targets:
+            entry["target"] = True
+        if guest.id in self._doomed:
+            entry["doomed"] = True
         if guest.id in self._outgoing:
             model, started = self._outgoing[guest.id]
             entry["outgoing"] = {"model": asdict(model), "started": started}

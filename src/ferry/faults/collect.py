@@ -1,0 +1,153 @@
+"""A snapshot of a cluster for the invariants: the controller's records through its API (as an
+admin), what each host's agent runs through the agent API (with the controller's certificate,
+as the controller asks during reconciles), and the claims themselves from the controller's
+SQLite database when it is at hand (read-only; the API shows only each host's totals).
+
+Real hosts plug in `Probes`: whether each running instance's IP answers, and what QEMU
+processes or taps a host holds that belong to none of its instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ferry.controller.agents import AgentClient, AgentUnavailable
+from ferry.faults.invariants import (
+    Claim,
+    DrainRecord,
+    GuestCopy,
+    HostRecord,
+    InstanceRecord,
+    MigrationRecord,
+    Snapshot,
+)
+
+IpAnswers = Callable[[InstanceRecord], Awaitable[bool]]
+Leaks = Callable[[str, list[GuestCopy]], Awaitable[list[str]]]
+
+
+class ControllerApi(Protocol):
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Checks that only real hosts can answer, each optional.
+
+    `ip_answers(instance)`: does the instance answer on its IP (`instance.ips`) from where the
+    check runs (a ping or a TCP connect)? `leaks(host, guests)`: the QEMU processes and taps on
+    `host` that belong to none of `guests` (what its agent reports), described for people.
+    """
+
+    ip_answers: IpAnswers | None = None
+    leaks: Leaks | None = None
+
+
+async def take_snapshot(
+    api: ControllerApi,
+    agents: AgentClient,
+    database: Path | None = None,
+    probes: Probes | None = None,
+) -> Snapshot:
+    raw_hosts: list[dict[str, Any]] = await api.call("GET", "/v1/hosts")
+    instances = [_instance(i) for i in await api.call("GET", "/v1/instances")]
+    migrations = [_migration(m) for m in await api.call("GET", "/v1/migrations?limit=1000")]
+    drains = []
+    for host in raw_hosts:
+        status = await api.call("GET", f"/v1/hosts/{host['name']}/maintenance")
+        if status.get("drain"):
+            drain = status["drain"]
+            drains.append(DrainRecord(drain["id"], host["name"], drain["state"], drain["error"]))
+    guests = dict(
+        zip(
+            [h["name"] for h in raw_hosts],
+            await asyncio.gather(*(_guests(agents, h.get("agent_url")) for h in raw_hosts)),
+            strict=True,
+        )
+    )
+    snapshot = Snapshot(
+        instances=instances,
+        hosts=[_host(h) for h in raw_hosts],
+        drains=drains,
+        migrations=migrations,
+        guests=guests,
+        claims=await asyncio.to_thread(read_claims, database) if database else None,
+    )
+    if probes is not None:
+        await _probe(snapshot, probes)
+    return snapshot
+
+
+async def _guests(agents: AgentClient, url: str | None) -> list[GuestCopy] | None:
+    if not url:
+        return None
+    try:
+        reports = await agents.guests(url)
+    except AgentUnavailable:
+        return None
+    return [GuestCopy(g.id, g.name, g.power) for g in reports]
+
+
+async def _probe(snapshot: Snapshot, probes: Probes) -> None:
+    if probes.ip_answers is not None:
+        running = [i for i in snapshot.live() if i.state == "running"]
+        answers = await asyncio.gather(*(probes.ip_answers(i) for i in running))
+        snapshot.answers = {i.name: ok for i, ok in zip(running, answers, strict=True)}
+    if probes.leaks is not None:
+        for host, guests in snapshot.guests.items():
+            if guests is not None:
+                leaked = await probes.leaks(host, guests)
+                if leaked:
+                    snapshot.leaks[host] = leaked
+
+
+def read_claims(database: Path) -> list[Claim]:
+    """Every allocation, from the controller's SQLite database opened read-only."""
+    uri = f"file:{database}?mode=ro"
+    with sqlite3.connect(uri, uri=True, timeout=10) as db:
+        rows = db.execute(
+            "SELECT a.instance_id, h.name, a.migration_id FROM allocations a "
+            "JOIN hosts h ON h.id = a.host_id ORDER BY a.instance_id, h.name"
+        ).fetchall()
+    return [Claim(str(i), str(h), str(m) if m is not None else None) for i, h, m in rows]
+
+
+def _instance(raw: dict[str, Any]) -> InstanceRecord:
+    return InstanceRecord(
+        id=raw["id"],
+        name=raw["name"],
+        state=raw["state"],
+        host=raw["host"],
+        vcpus=raw["vcpus"],
+        ram_mb=raw["ram_mb"],
+        disk_gb=raw["disk_gb"],
+        ips=tuple(p["ip"] for p in raw.get("ports", [])),
+    )
+
+
+def _host(raw: dict[str, Any]) -> HostRecord:
+    used = raw.get("used")
+    return HostRecord(
+        name=raw["name"],
+        maintenance=raw["maintenance"]["state"],
+        liveness=raw["liveness"],
+        used=(used["vcpus"], used["ram_mb"], used["disk_gb"]) if used else None,
+    )
+
+
+def _migration(raw: dict[str, Any]) -> MigrationRecord:
+    return MigrationRecord(
+        id=raw["id"],
+        instance_id=raw["instance_id"],
+        instance=raw["instance"],
+        source=raw["source"],
+        destination=raw["destination"],
+        state=raw["state"],
+        leftover=raw.get("leftover"),
+        error=raw.get("error"),
+    )

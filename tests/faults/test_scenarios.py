@@ -1,0 +1,43 @@
+"""Scenarios come from their seed alone, so any run can be replayed; consecutive seeds rotate
+through the fault kinds asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferry.faults.scenarios import ALL_KINDS, FaultKind, Phase, scenario, scenarios
+
+
+def test_a_seed_always_gives_the_same_scenario() -> None:
+    assert scenario(42) == scenario(42)
+    assert scenarios(40, 5)[2] == scenario(42)
+    assert scenario(42) != scenario(43)
+
+
+def test_consecutive_seeds_cover_every_kind() -> None:
+    for first in (0, 7, 1000):
+        assert {s.kind for s in scenarios(first, len(ALL_KINDS))} == set(FaultKind)
+
+
+def test_a_choice_of_kinds_is_respected_and_replayable() -> None:
+    kinds = (FaultKind.LINK_CUT, FaultKind.CONTROLLER_KILL)
+    chosen = scenarios(10, 6, kinds)
+    assert [s.kind for s in chosen] == [FaultKind.LINK_CUT, FaultKind.CONTROLLER_KILL] * 3
+    assert scenario(13, kinds) == chosen[3]
+    with pytest.raises(ValueError, match="no fault kinds"):
+        scenario(1, ())
+
+
+def test_a_destination_guest_is_never_killed_before_it_exists() -> None:
+    runs = scenarios(0, 600)
+    dest_kills = [s for s in runs if s.kind is FaultKind.DEST_GUEST_KILL]
+    assert dest_kills and all(s.phase is not Phase.FANOUT for s in dest_kills)
+    assert {s.phase for s in runs} == set(Phase)
+
+
+def test_the_parameters_stay_in_their_ranges() -> None:
+    for s in scenarios(0, 300):
+        assert 3 <= s.instances <= 5 and s.drains in (1, 2) and s.hosts == s.drains + 2
+        assert s.max_outbound in (1, 2) and s.bandwidth_mib in (64, 128, 256)
+        assert 0.3 <= s.down_s <= 5.0 and s.pick in (0, 1) and 0 <= s.delay_s <= 0.3
+        assert s.to_json()["kind"] == s.kind and s.describe() == f"{s.kind} at {s.phase}"
