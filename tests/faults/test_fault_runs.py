@@ -48,7 +48,7 @@ def test_a_short_fault_run_breaks_no_invariant(tmp_path: Path) -> None:
     assert [r["outcome"] for r in reports] == ["clean"] * SHORT_RUNS, summary
     assert done.returncode == 0, summary + done.stderr
     assert {r["kind"] for r in reports} == set(FaultKind)
-    assert json.loads((out / "report.json").read_text()) == reports
+    assert json.loads((out / "faults.json").read_text()) == reports
 
 
 def test_unknown_fault_kinds_are_refused_with_the_known_ones() -> None:

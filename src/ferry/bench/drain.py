@@ -33,6 +33,23 @@ class Workload:
 
 
 IDLE = Workload("idle", 0)
+WORKLOAD_NAMES = ("idle", "dirtying")
+
+
+def workloads_named(names: str, dirty_mibps: int) -> tuple[Workload, ...]:
+    """The workloads of a comma-separated list (`idle`, `dirtying` at `dirty_mibps` per guest);
+    ValueError naming the known ones for anything else."""
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(chosen) - set(WORKLOAD_NAMES))
+    if unknown or not chosen:
+        raise ValueError(
+            f"unknown workload(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(WORKLOAD_NAMES)}"
+        )
+    known = {"idle": IDLE, "dirtying": Workload("dirtying", dirty_mibps)}
+    return tuple(known[n] for n in dict.fromkeys(chosen))
+
+
 MODES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("ferry", {}),
     ("one at a time", ONE_AT_A_TIME),

@@ -1,5 +1,6 @@
-"""The scale bench's report: JSON (every phase and figure), the rows of the terminal table, and a
-markdown section. Pure functions of a `ScaleResult`'s JSON, so they are tested without a run.
+"""The scale bench's report: JSON (every phase and figure), the rows of the terminal table and the
+summary lines, from which `ferry bench report` builds its section (`report.scale_section`).
+Pure functions of a `ScaleResult`'s JSON, so they are tested without a run.
 
 Each figure names its baseline, measured in the same run:
 - read latency during the drains against the same read load with no drain running;
@@ -24,8 +25,6 @@ from ferry.bench.scale import (
 )
 from ferry.bench.scale_load import ALL
 from ferry.bench.scale_stats import Usage, median, per_migration, ratio
-
-SCALE_JSON, SCALE_MD = "scale.json", "scale.md"
 
 
 def _usage(usage: Usage) -> dict[str, Any]:
@@ -197,23 +196,3 @@ NOTES = (
     "statements from GET /v1/metrics.",
     "Latency runs from when each read was due (fixed rate, open loop) to its answer.",
 )
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """A markdown section: summary, figures, reads, notes."""
-    lines = ["## Control plane at scale (`ferry bench scale`)", ""]
-    lines += [f"- {line}" for line in summary_lines(report)] + [""]
-    lines += _md_table(["figure", "unit", "baseline", "value", "ratio"], table_rows(report))
-    lines += [""]
-    lines += _md_table(["read", "p50", "p99", "ratio", "count"], latency_rows(report))
-    lines += ["", "p50 and p99 in ms, without a drain -> during the drains; ratio p50 / p99.", ""]
-    lines += [f"- {note}" for note in NOTES]
-    return "\n".join(lines) + "\n"
-
-
-def _md_table(headers: list[str], rows: list[dict[str, str]]) -> list[str]:
-    return [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
-        *("| " + " | ".join(row[h] for h in headers) + " |" for row in rows),
-    ]

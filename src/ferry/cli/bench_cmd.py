@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,27 @@ app = typer.Typer(help="Benchmarks, each against a baseline measured in the same
 @app.callback()
 def _group() -> None:
     """Benchmarks, each against a baseline measured in the same run."""
+
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="also write the results as JSON into this directory, for `ferry bench report DIR`",
+    ),
+]
+
+
+def _save(out: Path | None, name: str, data: Any) -> None:
+    if out is None:
+        return
+    from ferry.bench.report import save  # noqa: PLC0415
+
+    try:
+        path = save(out, name, data)
+    except OSError as exc:
+        raise CliError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
+    console.print(f"results: {path}", highlight=False)
 
 
 COLUMNS = [
@@ -43,6 +63,7 @@ def _median(result: dict[str, Any], field: str) -> float:
 
 
 DRAIN_COLUMNS = [
+    ("WORKLOAD", lambda r: r["workload"]),
     ("MODE", lambda r: r["mode"]),
     ("DRAIN s", lambda r: f"{r['wall_s']:.1f}"),
     ("MOVED MiB", lambda r: f"{r['moved_mib']:.0f}"),
@@ -64,14 +85,25 @@ def drain(
     max_bandwidth_mib: Annotated[
         int, typer.Option(min=1, max=100_000, help="the migrations' bandwidth cap")
     ] = 1000,
+    workloads: Annotated[
+        str, typer.Option(help="comma-separated: idle, dirtying (each drained both ways)")
+    ] = "idle,dirtying",
+    dirty_mibps: Annotated[
+        int, typer.Option(min=1, max=1000, help="what each dirtying guest writes per second, MiB")
+    ] = 16,
+    out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """Drain time of the lab's first host against the physical bound (bytes moved / the source
     link's TCP throughput) and against one migration at a time, on the same guests."""
-    from ferry.bench.drain import DrainBench, to_json  # noqa: PLC0415
+    from ferry.bench.drain import DrainBench, to_json, workloads_named  # noqa: PLC0415
     from ferry.lab.cluster import LabRecord  # noqa: PLC0415
     from ferry.lab.lifecycle import LabError  # noqa: PLC0415
 
+    try:
+        chosen = workloads_named(workloads, dirty_mibps)
+    except ValueError as exc:
+        raise CliError(f"--workloads: {exc}") from None
     record = LabRecord.load(lab_dir.resolve())
     if record is None:
         raise CliError(f"no lab in {lab_dir}: start one with `ferry lab up`")
@@ -81,9 +113,11 @@ def drain(
             console.print(f"[bold]bench[/bold] {line}", highlight=False)
 
     try:
-        report = to_json(asyncio.run(DrainBench(record, say, instances, max_bandwidth_mib).run()))
+        bench = DrainBench(record, say, instances, max_bandwidth_mib, chosen)
+        report = to_json(asyncio.run(bench.run()))
     except LabError as exc:
         raise CliError(str(exc)) from exc
+    _save(out, "drain", report)
     if fmt is Format.JSON:
         emit_json(report)
         return
@@ -102,6 +136,7 @@ def migration(
     max_bandwidth_mib: Annotated[
         int, typer.Option(min=1, max=100_000, help="the migrations' bandwidth cap")
     ] = 1000,
+    out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """Migration time and blackout of an idle and a dirtying guest (medians of --runs) against
@@ -123,6 +158,7 @@ def migration(
         results = to_json(asyncio.run(bench.run()))
     except LabError as exc:
         raise CliError(str(exc)) from exc
+    _save(out, "migration", results)
     if fmt is Format.JSON:
         emit_json(results)
     else:
@@ -170,6 +206,7 @@ def planner(
     ] = "1000,10000",
     seed: Annotated[int, typer.Option(help="seed of the synthetic clusters")] = 1,
     runs: Annotated[int, typer.Option(min=1, max=50, help="timed runs; the fastest counts")] = 3,
+    out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """The evacuation planner on synthetic clusters of each --hosts size (and a small one near
@@ -185,6 +222,7 @@ def planner(
             console.print(f"[bold]bench[/bold] {line}")
 
     results = to_json(run(build(), scenarios, say, runs))
+    _save(out, "planner", results)
     if fmt is Format.JSON:
         emit_json(results)
     else:
@@ -238,9 +276,7 @@ def scale(
             "default: a temporary directory, removed after the run"
         ),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="write scale.json and scale.md into this directory")
-    ] = None,
+    out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """The control plane at scale: a real controller with simulated hosts (one fleet process
@@ -252,10 +288,7 @@ def scale(
     from ferry.bench.scale import ScaleBench, ScaleOptions  # noqa: PLC0415
     from ferry.bench.scale_cluster import ScaleError  # noqa: PLC0415
     from ferry.bench.scale_report import (  # noqa: PLC0415
-        SCALE_JSON,
-        SCALE_MD,
         latency_rows,
-        markdown,
         summary_lines,
         table_rows,
         to_json,
@@ -275,10 +308,7 @@ def scale(
         raise CliError(str(exc)) from exc
     if state_dir is None:
         shutil.rmtree(bench.root, ignore_errors=True)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / SCALE_JSON).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        (out / SCALE_MD).write_text(markdown(report))
+    _save(out, "scale", report)
     if fmt is Format.JSON:
         emit_json(report)
     else:
@@ -288,3 +318,23 @@ def scale(
         table(latency_rows(report), SCALE_READ_COLUMNS)
     if report["problems"]:
         raise CliError("the outcome is wrong: " + "; ".join(report["problems"]))
+
+
+@app.command("report")
+def report(
+    out: Annotated[Path, typer.Argument(help="the directory the benches wrote with --out")],
+) -> None:
+    """Write DIR/report.md, with PNG plots next to it, from the results the bench commands (and
+    `ferry faults run --out DIR`) left in DIR: a section per result, each figure a ratio against
+    its baseline from the same run, and the command that produced it."""
+    from ferry.bench.report import build  # noqa: PLC0415
+
+    if not out.is_dir():
+        raise CliError(f"no directory {out}: run the benches with --out {out} first")
+    try:
+        path = build(out)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"a result file in {out} is not one the benches wrote: {exc!r}") from exc
+    console.print(f"report: {path}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +51,19 @@ def _kinds(values: list[str] | None) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(known[n] for n in names))
 
 
+def _cancel_on_sigterm(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` on SIGTERM to this process. Not through the event loop's signal handling:
+    that routes signals through a socket that forked children share (the lab's network set-up
+    forks helpers), so a helper's own SIGTERM would cancel the runs."""
+    loop, pid = asyncio.get_running_loop(), os.getpid()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        if os.getpid() == pid:
+            loop.call_soon_threadsafe(task.cancel)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 @app.command("run")
 def run(
     runs: Annotated[int, typer.Option(min=1, max=10_000, help="how many runs")] = 10,
@@ -60,26 +74,46 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="write report.json here, and the directories (logs, state) of runs"),
+        typer.Option(help="write faults.json here, and the directories (logs, state) of runs"),
     ] = None,
     keep_all: Annotated[
         bool, typer.Option(help="keep every run's directory, not only those of failed runs")
     ] = False,
     settle: Annotated[
-        float, typer.Option(min=5, max=3600, help="seconds a run waits for the cluster to settle")
-    ] = 90.0,
+        float | None,
+        typer.Option(
+            min=5, max=3600, help="seconds a run waits for the cluster to settle [90; lab: 240]"
+        ),
+    ] = None,
+    lab: Annotated[
+        Path | None,
+        typer.Option(
+            help="run on real hosts: a lab (QEMU guests in network namespaces, root) in this "
+            "directory, brought up for each run and down after it; prefix flf"
+        ),
+    ] = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
     """Run seeded fault scenarios against drains on a fresh fake cluster each (a controller and
-    fake-driver agents on 127.0.0.1, no root), then check the invariants: every instance runs
+    fake-driver agents on 127.0.0.1, no root; or a lab of real QEMU hosts with --lab, where
+    each instance's IP must also answer and no QEMU process or tap may leak), then check the
+    invariants: every instance runs
     on exactly one host and that host is its record, claims match, no stale copy, every drain
     ended with its host's state agreeing, no migration left in flight. Exits 1 when any run
     violated an invariant or could not run. Replay one run with --runs 1 --seed SEED (and the
     same --kinds)."""
-    from ferry.faults.runner import run_all  # noqa: PLC0415
+    from ferry.faults.runner import FAKE, SETTLE_S, run_all  # noqa: PLC0415
     from ferry.faults.scenarios import scenarios  # noqa: PLC0415
 
     chosen = scenarios(seed, runs, _kinds(kinds))
+    backend = FAKE
+    if lab is not None:
+        from ferry.faults import lab as real  # noqa: PLC0415
+
+        if os.geteuid() != 0:
+            raise CliError("--lab needs root: the lab runs QEMU guests in network namespaces")
+        backend = real.backend(lab)
+        settle = settle or real.LAB_SETTLE_S
 
     def say(text: str) -> None:
         if fmt is Format.TABLE:
@@ -89,8 +123,8 @@ def run(
         # SIGTERM ends the runs like Ctrl-C does: every process they started is stopped first
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run_all(chosen, out, say, settle, keep_all=keep_all)
+        _cancel_on_sigterm(task)
+        return await run_all(chosen, out, say, settle or SETTLE_S, backend, keep_all)
 
     try:
         reports = asyncio.run(run_them())
@@ -110,6 +144,6 @@ def run(
             f"the phase; {verdict}"
         )
         if out is not None:
-            console.print(f"report: {out / 'report.json'}")
+            console.print(f"report: {out / 'faults.json'}")
     if any(r.failed for r in reports):
         raise typer.Exit(1)

@@ -55,7 +55,7 @@ async def take_snapshot(
     probes: Probes | None = None,
 ) -> Snapshot:
     raw_hosts: list[dict[str, Any]] = await api.call("GET", "/v1/hosts")
-    instances = [_instance(i) for i in await api.call("GET", "/v1/instances")]
+    instances = [instance_record(i) for i in await api.call("GET", "/v1/instances")]
     migrations = [_migration(m) for m in await api.call("GET", "/v1/migrations?limit=1000")]
     drains = []
     for host in raw_hosts:
@@ -117,7 +117,7 @@ def read_claims(database: Path) -> list[Claim]:
     return [Claim(str(i), str(h), str(m) if m is not None else None) for i, h, m in rows]
 
 
-def _instance(raw: dict[str, Any]) -> InstanceRecord:
+def instance_record(raw: dict[str, Any]) -> InstanceRecord:
     return InstanceRecord(
         id=raw["id"],
         name=raw["name"],

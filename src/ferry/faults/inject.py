@@ -66,7 +66,10 @@ class Injector(Protocol):
         """Cause the fault, undo what is undone in life after `down_s`; say what happened."""
 
 
-class FakeInjector:
+class ProcessInjector:
+    """Kills of Ferry's own processes (the controller, an agent), the same on fake and real
+    hosts; guest deaths and link cuts are each backend's own (`_kill_guest`, `_cut_link`)."""
+
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
 
@@ -77,20 +80,32 @@ class FakeInjector:
             return await self._kill_guest(kind, target)
         return Injected(await self._kill_process(kind, target, down_s))
 
+    async def _cut_link(self, host: str, down_s: float) -> str:
+        raise NotImplementedError
+
+    async def _kill_guest(self, kind: FaultKind, target: Target) -> Injected:
+        raise NotImplementedError
+
     async def _kill_process(self, kind: FaultKind, target: Target, down_s: float) -> str:
         if kind is FaultKind.CONTROLLER_KILL:
             await self.cluster.kill_controller()
             await asyncio.sleep(down_s)
             await self.cluster.start_controller()
             return f"SIGKILLed the controller; started again after {down_s:g}s"
-        host = _host(kind, target)
+        host = target_host(kind, target)
         await self.cluster.kill_agent(host)
         await asyncio.sleep(down_s)
         await self.cluster.start_agent(host)
         return f"SIGKILLed the agent of {host}; started again after {down_s:g}s"
 
+
+class FakeInjector(ProcessInjector):
+    """Guest deaths and link cuts through the fake driver's fault hooks."""
+
     async def _kill_guest(self, kind: FaultKind, target: Target) -> Injected:
-        await self._await_copy(_host(kind, target), target.instance_id)  # a target may be coming
+        await self._await_copy(
+            target_host(kind, target), target.instance_id
+        )  # a target may be coming
         async with self.cluster.controller_held():  # a death and its echo, as one moment
             if kind is FaultKind.SOURCE_GUEST_KILL:
                 return await self._kill_source_guest(target)
@@ -157,7 +172,7 @@ class FakeInjector:
         return response.json() if response.content else None
 
 
-def _host(kind: FaultKind, target: Target) -> str:
+def target_host(kind: FaultKind, target: Target) -> str:
     """The host a fault of `kind` hits: the drained one, or the target's destination."""
     if kind in (FaultKind.SOURCE_AGENT_KILL, FaultKind.SOURCE_GUEST_KILL, FaultKind.LINK_CUT):
         return target.source

@@ -25,7 +25,7 @@ import httpx
 
 from ferry.controller.agents import AgentClient
 from ferry.faults.cluster import Cluster, ClusterError, FakeCluster
-from ferry.faults.collect import Probes, take_snapshot
+from ferry.faults.collect import Probes, instance_record, take_snapshot
 from ferry.faults.inject import FakeInjector, FaultMissed, Injector
 from ferry.faults.invariants import ACTIVE_MIGRATION, Snapshot, check
 from ferry.faults.scenarios import Phase, Scenario
@@ -35,6 +35,7 @@ Say = Callable[[str], None]
 SETTLE_S = 90.0
 NO_PROGRESS_S = 3.0  # the drains' no-progress timeout: a cut link is judged quickly
 NETWORK_CIDR = "10.240.0.0/16"  # a record only: fake guests configure nothing
+FLAVOR = "tiny"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Backend:
 
     cluster: Callable[[Path, int], Cluster] = FakeCluster
     injector: Callable[[Cluster], Injector] = FakeInjector
-    probes: Probes | None = None
+    probes: Callable[[Cluster], Probes] | None = None
+    # what the backend can afford of a scenario (real guests: fewer, slower streams)
+    adapt: Callable[[Scenario], Scenario] = lambda scenario: scenario
 
 
 FAKE = Backend()
@@ -79,6 +82,7 @@ class RunReport:
 async def run_scenario(
     scenario: Scenario, workdir: Path, settle_s: float = SETTLE_S, backend: Backend = FAKE
 ) -> RunReport:
+    scenario = backend.adapt(scenario)
     report = RunReport(
         scenario.seed, scenario.kind.value, scenario.phase.value, scenario=scenario.to_json()
     )
@@ -108,7 +112,10 @@ async def _go(
 ) -> None:
     sources = cluster.names[: scenario.drains]
     step = time.monotonic()
+    await _prepare(cluster)
     names = await _populate(cluster, scenario, sources)
+    probes = backend.probes(cluster) if backend.probes else None
+    await _answering(cluster, names, probes)  # drains move booted guests, as in life
     report.timings["boot"] = _since(step)
     entered = time.monotonic()
     plans = [await _enter(cluster, scenario, host) for host in sources]
@@ -121,7 +128,7 @@ async def _go(
     step = time.monotonic()
     settled = await settle(cluster, settle_s)
     report.timings["settle"] = _since(step)
-    snapshot = await _snapshot(cluster, backend.probes)
+    snapshot = await _snapshot(cluster, probes)
     snapshot.must_run = names  # no fault took their only copy: they must have survived
     report.violations += [str(v) for v in check(snapshot)]
     if not settled and not report.violations:
@@ -132,13 +139,22 @@ async def _go(
         report.outcome = "violated" if report.violations else "clean"
 
 
+async def _prepare(cluster: Cluster) -> None:
+    """The flavor and a network for the instances, unless the cluster came with them (a lab
+    has its own instance network)."""
+    if not any(f["name"] == FLAVOR for f in await cluster.call("GET", "/v1/flavors")):
+        body = {"name": FLAVOR, "vcpus": 1, "ram_mb": 128}
+        await cluster.call("POST", "/v1/flavors", json=body)
+    if not await cluster.call("GET", "/v1/networks"):
+        await cluster.call("POST", "/v1/networks", json={"name": "default", "cidr": NETWORK_CIDR})
+
+
 async def _populate(cluster: Cluster, scenario: Scenario, sources: list[str]) -> set[str]:
-    await cluster.call("POST", "/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128})
-    await cluster.call("POST", "/v1/networks", json={"name": "default", "cidr": NETWORK_CIDR})
+    network = (await cluster.call("GET", "/v1/networks"))[0]["name"]
     names = []
     for host in sources:
         for n in range(scenario.instances):
-            body = {"name": f"{host}-vm{n}", "flavor": "tiny", "network": "default", "host": host}
+            body = {"name": f"{host}-vm{n}", "flavor": FLAVOR, "network": network, "host": host}
             names.append((await cluster.call("POST", "/v1/instances", json=body))["name"])
 
     async def all_running() -> bool:
@@ -148,8 +164,21 @@ async def _populate(cluster: Cluster, scenario: Scenario, sources: list[str]) ->
             raise ClusterError(f"instances failed to boot ({'; '.join(failed)})")
         return all(i["state"] == "running" for i in listed)
 
-    await _until(all_running, 60, "the instances to run")
+    await _until(all_running, 60 + 15 * len(names), "the instances to run")
     return set(names)
+
+
+async def _answering(cluster: Cluster, names: set[str], probes: Probes | None) -> None:
+    """Until every instance answers on its IP, where hosts can say (real guests boot after
+    their QEMU starts)."""
+    if probes is None or probes.ip_answers is None:
+        return
+    listed = [instance_record(i) for i in await cluster.call("GET", "/v1/instances")]
+    booting = [i for i in listed if i.name in names]
+    answers = await asyncio.gather(*(probes.ip_answers(i) for i in booting))
+    silent = [i.name for i, ok in zip(booting, answers, strict=True) if not ok]
+    if silent:
+        raise ClusterError(f"instances never answered on their IP: {', '.join(silent)}")
 
 
 async def _enter(cluster: Cluster, scenario: Scenario, host: str) -> list[dict[str, Any]]:
@@ -255,7 +284,7 @@ async def run_all(
     keep_all: bool = False,
 ) -> list[RunReport]:
     """Run each scenario in turn, each in a directory of its own (logs, state) under `out`
-    (which also gets `report.json`) or the system's temporary directory. A failed run's
+    (which also gets `faults.json`) or the system's temporary directory. A failed run's
     directory is kept and named in its report; the others are removed unless `keep_all`."""
     reports: list[RunReport] = []
     if out is not None:
@@ -275,7 +304,7 @@ async def run_all(
             shutil.rmtree(workdir, ignore_errors=True)
         reports.append(report)
         if out is not None:
-            (out / "report.json").write_text(
+            (out / "faults.json").write_text(
                 json.dumps([r.to_json() for r in reports], indent=2) + "\n"
             )
         if say is not None:

@@ -100,7 +100,7 @@ async def up(opts: LabOptions, say: Say) -> LabRecord:
         await net.create_lab(plan)
     say("pki: cluster CA, controller and host certificates")
     await asyncio.to_thread(issue_certificates, lab_dir, controller_ip, hosts)
-    await _start_controller(record, lab_dir, controller_ip, port)
+    await start_controller(record)
     api = ControllerApi(record)
     await wait_for(api.healthy, "the controller", 30)
     say(f"controller: {record.controller_url} (pid {record.controller_pid})")
@@ -151,8 +151,12 @@ def heartbeat_interval(hosts: int) -> int:
     return max(2, hosts // 20)
 
 
-async def _start_controller(record: LabRecord, lab_dir: Path, ip: str, port: int) -> None:
+async def start_controller(record: LabRecord) -> None:
+    """Start the lab's controller (again, after a crash: same command line, state and
+    certificate) and record its PID."""
+    lab_dir = Path(record.dir)
     issued = lab_dir / "pki" / "issued" / "controller"
+    listen = record.controller_url.removeprefix("https://")
     record.controller_pid = await start_detached(
         [
             FERRY,
@@ -161,7 +165,7 @@ async def _start_controller(record: LabRecord, lab_dir: Path, ip: str, port: int
             "--state-dir",
             str(lab_dir / "state"),
             "--listen",
-            f"{ip}:{port}",
+            listen,
             "--log-level",
             "warning",
         ],
@@ -197,16 +201,27 @@ async def _start_agents(
     per_process = 1 if plan is not None else FAKE_HOSTS_PER_PROCESS
     for start in range(0, len(configs), per_process):
         batch = configs[start : start + per_process]
-        argv = [FERRY, "agent", "serve", "--log-level", "warning"]
-        for _host, config in batch:
-            argv += ["--config", str(config)]
-        first = batch[0][0]
-        if first.namespace:
-            argv = ["ip", "netns", "exec", first.namespace, *argv]
-        pid = await start_detached(argv, batch[0][1].parent / "agent.log")
+        pid = await _start_agent_process(batch[0][0], [config for _host, config in batch])
         for host, _config in batch:
             host.pid = pid
     record.save()
+
+
+async def start_agent(record: LabRecord, host: HostRecord) -> None:
+    """Start one real host's agent (again, after a crash: same configuration and token) in its
+    namespace, and record its PID."""
+    config = Path(record.dir) / "hosts" / host.name / "agent.toml"
+    host.pid = await _start_agent_process(host, [config])
+    record.save()
+
+
+async def _start_agent_process(first: HostRecord, configs: list[Path]) -> int:
+    argv = [FERRY, "agent", "serve", "--log-level", "warning"]
+    for config in configs:
+        argv += ["--config", str(config)]
+    if first.namespace:
+        argv = ["ip", "netns", "exec", first.namespace, *argv]
+    return await start_detached(argv, configs[0].parent / "agent.log")
 
 
 async def _all_up(api: ControllerApi, count: int) -> bool:
@@ -247,4 +262,13 @@ async def down(lab_dir: Path, prefix: str, say: Say) -> None:
                 path.unlink(missing_ok=True)
 
 
-__all__ = ["HostRecord", "LabError", "LabOptions", "create_instances", "down", "up"]
+__all__ = [
+    "HostRecord",
+    "LabError",
+    "LabOptions",
+    "create_instances",
+    "down",
+    "start_agent",
+    "start_controller",
+    "up",
+]

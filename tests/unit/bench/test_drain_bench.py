@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.bench.drain import DrainRun, blackout_summary, migration_throughput, to_json
+from ferry.bench.drain import (
+    IDLE,
+    DrainRun,
+    Workload,
+    blackout_summary,
+    migration_throughput,
+    to_json,
+    workloads_named,
+)
 
 
 def test_bound_is_bytes_moved_over_the_source_link() -> None:
@@ -48,3 +56,12 @@ def test_blackout_summary_nearest_rank() -> None:
     assert blackout_summary(values) == {"median": 50.5, "p99": 99.0, "max": 100.0}
     assert blackout_summary([]) == {"median": 0.0, "p99": 0.0, "max": 0.0}
     assert blackout_summary([7.0]) == {"median": 7.0, "p99": 7.0, "max": 7.0}
+
+
+def test_workloads_are_chosen_by_name_in_order_once() -> None:
+    chosen = workloads_named("dirtying, idle,dirtying", 24)
+    assert chosen == (Workload("dirtying", 24), IDLE)
+    with pytest.raises(ValueError, match=r"unknown workload\(s\) busy; known: idle, dirtying"):
+        workloads_named("idle,busy", 24)
+    with pytest.raises(ValueError, match="none given"):
+        workloads_named(" , ", 24)

@@ -4,6 +4,7 @@ computed them, and real PNG plots next to it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +48,24 @@ def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
 def test_markdown_table_formats_floats_and_keeps_text() -> None:
     lines = report.markdown_table(["a", "b"], [["x", 1.23456], ["y", 7]])
     assert lines == ["| a | b |", "|---|---|", "| x | 1.23 |", "| y | 7 |"]
+
+
+def _fault_run(seed: int, kind: str, phase: str, outcome: str, *violations: str) -> dict[str, Any]:
+    return {"seed": seed, "kind": kind, "phase": phase, "outcome": outcome,
+            "violations": list(violations)}  # fmt: skip
+
+
+def test_fault_runs_are_tallied_per_kind_and_phase(tmp_path: Path) -> None:
+    report.save(tmp_path, "faults", [
+        _fault_run(1, "controller-kill", "transfer", "clean"),
+        _fault_run(7, "controller-kill", "transfer", "missed"),
+        _fault_run(2, "link-cut", "prepare", "violated", "[placement] vm1 runs on 2 hosts"),
+    ])  # fmt: skip
+
+    text = report.build(tmp_path).read_text()
+
+    assert "## Fault injection" in text
+    assert "Command: `ferry faults run --runs 3 --seed 1 --out DIR`" in text
+    assert "| controller-kill | transfer | 2 | 1 | 1 | 0 |" in text
+    assert "| link-cut | prepare | 1 | 0 | 0 | 1 |" in text
+    assert "- seed 2: [placement] vm1 runs on 2 hosts" in text

@@ -4,10 +4,12 @@ the background, the read mix, the outcome check, and the report built from a res
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ferry.bench import report as bench_report
 from ferry.bench.scale import (
     MANY_DRAINS,
     NO_DRAIN,
@@ -22,7 +24,7 @@ from ferry.bench.scale import (
 )
 from ferry.bench.scale_cluster import ScaleError
 from ferry.bench.scale_load import ALL, FULL_LIST_EVERY, reads
-from ferry.bench.scale_report import figures, latency_rows, markdown, table_rows, to_json
+from ferry.bench.scale_report import figures, latency_rows, table_rows, to_json
 from ferry.bench.scale_stats import (
     Sample,
     Usage,
@@ -214,15 +216,18 @@ def test_report_sets_every_figure_against_its_baseline() -> None:
     assert figures(report) == report["figures"]
 
 
-def test_report_renders_as_table_rows_and_markdown() -> None:
+def test_report_renders_as_table_rows_and_a_report_section(tmp_path: Path) -> None:
     report = to_json(_result())
     rows = table_rows(report)
     assert rows[0] == {"figure": "API read latency p50", "unit": "ms",
                        "baseline": "10.00 (no drain)", "value": "20.00 (4 drains)",
                        "ratio": "2.00"}  # fmt: skip
     assert latency_rows(report)[0]["p99"] == "40 -> 120"
-    text = markdown(report)
-    assert text.startswith("## Control plane at scale (`ferry bench scale`)")
+    bench_report.save(tmp_path, "scale", report)
+    text = bench_report.build(tmp_path).read_text()
+    assert "## Control plane at scale (fake driver)" in text
     assert "| controller CPU per migration, net | ms | 100.00 (1 drain) |" in text
+    assert "](scale-latency.png)" in text
+    assert (tmp_path / "scale-latency.png").read_bytes().startswith(b"\x89PNG")
     assert "2000 instances created in 100.0s (20/s" in text
     assert "problems: none" in text
