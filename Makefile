@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTEST_ARGS ?= --durations=15
 
-.PHONY: setup test lint unit demo bench clean
+.PHONY: setup test lint unit demo bench faults clean
 
 setup:
 	@scripts/setup.sh
@@ -21,11 +21,18 @@ lint: setup
 demo: setup
 	@scripts/demo.sh
 
-## make bench: the evacuation planner against a one-at-a-time greedy loop on synthetic clusters
-## (no root), then live migration of idle and dirtying guests in a real lab (root), against the
-## minimum time (memory / link throughput) measured in the same run.
+## make bench: every benchmark into one report (artifacts/bench/report.md, PNG plots): the
+## evacuation planner, the control plane at scale (simulated hosts), then single migrations and
+## a host's drain of idle and dirtying guests in a real lab (root); each figure a ratio against a
+## baseline measured in the same run.
 bench: setup
 	@scripts/bench.sh
+
+## make faults: the long fault-injection run (100 runs on simulated hosts, 12 on real QEMU
+## hosts as root), invariants checked after each; report in artifacts/faults. `make test` runs
+## a short version of both.
+faults: setup
+	@scripts/faults.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

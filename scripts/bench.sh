@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# make bench: first `ferry bench planner` (the evacuation planner against a one-at-a-time greedy
-# loop on synthetic clusters of BENCH_PLANNER_HOSTS hosts; pure Python, no root), then a 2-host
-# lab with real QEMU guests and `ferry bench migration` (idle and dirtying guests, migration time
-# and blackout against memory / link throughput measured in the same run).
-# The lab part needs root; leaves nothing running. BENCH_RUNS (default 3) migrations per scenario.
+# make bench: every benchmark, each against a baseline measured in the same run, into one report
+# (BENCH_OUT, default artifacts/bench: report.md with PNG plots, and each bench's JSON):
+#   1. the evacuation planner against a one-at-a-time greedy loop (synthetic clusters; no root);
+#   2. the control plane at scale: a real controller with BENCH_SCALE_HOSTS simulated hosts and
+#      BENCH_SCALE_INSTANCES instances, BENCH_SCALE_DRAINS hosts drained at once (no root);
+#   3. a 3-host lab of real QEMU guests (root): single migrations of idle and dirtying guests
+#      against memory / link throughput, then a host's drain (idle and dirtying guests) against
+#      the physical bound and against one migration at a time.
+# The lab is removed at the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+out=${BENCH_OUT:-$PWD/artifacts/bench}
+mkdir -p "$out"
 
-ferry bench planner --hosts "${BENCH_PLANNER_HOSTS:-1000,10000}"
+ferry bench planner --hosts "${BENCH_PLANNER_HOSTS:-1000,10000}" --out "$out"
+ferry bench scale --hosts "${BENCH_SCALE_HOSTS:-1000}" --instances "${BENCH_SCALE_INSTANCES:-20000}" \
+  --drains "${BENCH_SCALE_DRAINS:-20}" --out "$out"
 
 if [ "$(id -u)" != 0 ]; then
-  echo "the migration part of make bench needs root: the lab runs QEMU guests in network namespaces" >&2
+  ferry bench report "$out"
+  echo "the lab part of make bench needs root: the lab runs QEMU guests in network namespaces" >&2
   exit 1
 fi
 lab_dir=${BENCH_LAB_DIR:-/var/lib/ferry-lab/bench}
@@ -21,5 +30,7 @@ cleanup
 trap cleanup EXIT
 
 ferry lab up --hosts 3 --instances 0 --link-mbit 1000 --prefix "$prefix" --dir "$lab_dir"
-ferry bench migration --dir "$lab_dir" --runs "${BENCH_RUNS:-3}"
-ferry bench drain --dir "$lab_dir" --instances "${BENCH_DRAIN_INSTANCES:-6}"
+ferry bench migration --dir "$lab_dir" --runs "${BENCH_RUNS:-3}" --out "$out"
+ferry bench drain --dir "$lab_dir" --instances "${BENCH_DRAIN_INSTANCES:-6}" \
+  --workloads idle,dirtying --out "$out"
+ferry bench report "$out"

@@ -57,6 +57,7 @@ def test_faults_on_real_hosts_break_no_invariant(tmp_path_factory: pytest.TempPa
         print(f"\n{summary}")
         assert [r["outcome"] for r in reports] == ["clean"] * RUNS, summary + done.stderr[-3000:]
         assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((out / "faults-lab.json").read_text()) == reports
         # a fault that kills a guest's only copy leaves it in error; every other one runs
         for report in reports:
             assert sum(report["instances"].values()) == 2, report

@@ -294,7 +294,7 @@ def scale_section(report: dict[str, Any], out: Path) -> Section:
 # -- fault injection ----------------------------------------------------------------------------
 
 
-def faults_section(runs: list[dict[str, Any]], out: Path) -> Section:
+def faults_section(runs: list[dict[str, Any]], out: Path, lab: bool = False) -> Section:
     """Runs per fault kind and phase, by outcome."""
     tally: dict[tuple[str, str], Counter[str]] = {}
     for run in runs:
@@ -306,10 +306,17 @@ def faults_section(runs: list[dict[str, Any]], out: Path) -> Section:
     failed = [f"seed {r['seed']}: {'; '.join(r['violations'])}" for r in runs
               if r["outcome"] in ("violated", "error")]  # fmt: skip
     seeds = sorted(r["seed"] for r in runs)
+    where = "--lab LAB " if lab else ""
+    hosts = (
+        "a fresh lab of real QEMU hosts (also checked: each running instance answers ping on "
+        "its IP, no QEMU process or tap leaked)"
+        if lab
+        else "a fresh cluster of fake-driver hosts (real controller and agent processes)"
+    )
     return Section(
-        "Fault injection",
-        f"ferry faults run --runs {len(runs)} --seed {seeds[0] if seeds else 0} --out DIR",
-        "Seeded faults at a phase of a drain, each run on a fresh cluster, then the invariants "
+        "Fault injection on real hosts" if lab else "Fault injection on simulated hosts",
+        f"ferry faults run {where}--runs {len(runs)} --seed {seeds[0] if seeds else 0} --out DIR",
+        f"Seeded faults at a phase of a drain, each run on {hosts}, then the invariants "
         "(every instance on exactly one host, claims match, every drain ended, no leftover). "
         "Missed: the drain ended before the phase came (no fault injected).",
         ["fault", "phase", "runs", "clean", "missed", "violated or error"],
@@ -324,4 +331,5 @@ SECTIONS: dict[str, Callable[[Any, Path], Section]] = {
     "drain": drain_section,
     "scale": scale_section,
     "faults": faults_section,
+    "faults-lab": lambda runs, out: faults_section(runs, out, lab=True),
 }

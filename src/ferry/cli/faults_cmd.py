@@ -74,7 +74,10 @@ def run(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="write faults.json here, and the directories (logs, state) of runs"),
+        typer.Option(
+            help="write faults.json (--lab: faults-lab.json) here, and the directories (logs, "
+            "state) of failed runs; `ferry bench report DIR` makes a report section of it"
+        ),
     ] = None,
     keep_all: Annotated[
         bool, typer.Option(help="keep every run's directory, not only those of failed runs")
@@ -144,6 +147,6 @@ def run(
             f"the phase; {verdict}"
         )
         if out is not None:
-            console.print(f"report: {out / 'faults.json'}")
+            console.print(f"report: {out / backend.results}")
     if any(r.failed for r in reports):
         raise typer.Exit(1)

@@ -307,6 +307,7 @@ def backend(lab_dir: Path) -> Backend:
         injector=lambda cluster: LabInjector(_lab(cluster)),
         probes=probes,
         adapt=adapt,
+        results="faults-lab.json",
     )
 
 

@@ -49,6 +49,7 @@ class Backend:
     probes: Callable[[Cluster], Probes] | None = None
     # what the backend can afford of a scenario (real guests: fewer, slower streams)
     adapt: Callable[[Scenario], Scenario] = lambda scenario: scenario
+    results: str = "faults.json"  # the report's name in the output directory
 
 
 FAKE = Backend()
@@ -284,8 +285,9 @@ async def run_all(
     keep_all: bool = False,
 ) -> list[RunReport]:
     """Run each scenario in turn, each in a directory of its own (logs, state) under `out`
-    (which also gets `faults.json`) or the system's temporary directory. A failed run's
-    directory is kept and named in its report; the others are removed unless `keep_all`."""
+    (which also gets the reports as `backend.results`, `faults.json` by default) or the
+    system's temporary directory. A failed run's directory is kept and named in its report;
+    the others are removed unless `keep_all`."""
     reports: list[RunReport] = []
     if out is not None:
         await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
@@ -304,7 +306,7 @@ async def run_all(
             shutil.rmtree(workdir, ignore_errors=True)
         reports.append(report)
         if out is not None:
-            (out / "faults.json").write_text(
+            (out / backend.results).write_text(
                 json.dumps([r.to_json() for r in reports], indent=2) + "\n"
             )
         if say is not None:

@@ -64,8 +64,19 @@ def test_fault_runs_are_tallied_per_kind_and_phase(tmp_path: Path) -> None:
 
     text = report.build(tmp_path).read_text()
 
-    assert "## Fault injection" in text
+    assert "## Fault injection on simulated hosts" in text
     assert "Command: `ferry faults run --runs 3 --seed 1 --out DIR`" in text
     assert "| controller-kill | transfer | 2 | 1 | 1 | 0 |" in text
     assert "| link-cut | prepare | 1 | 0 | 0 | 1 |" in text
     assert "- seed 2: [placement] vm1 runs on 2 hosts" in text
+
+
+def test_lab_fault_runs_get_their_own_section(tmp_path: Path) -> None:
+    report.save(tmp_path, "faults-lab", [_fault_run(3, "link-cut", "transfer", "clean")])
+
+    text = report.build(tmp_path).read_text()
+
+    assert "## Fault injection on real hosts" in text
+    assert "## Fault injection on simulated hosts" not in text
+    assert "Command: `ferry faults run --lab LAB --runs 1 --seed 3 --out DIR`" in text
+    assert "each running instance answers ping on its IP" in text
