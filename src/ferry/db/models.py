@@ -133,7 +133,7 @@ class Instance(Base):
     dirty_rate_mbps: Mapped[int] = mapped_column(default=0)
     server_group: Mapped[str | None] = mapped_column(String(63))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default=InstanceState.BUILDING.value)
+    state: Mapped[str] = mapped_column(String(16), default=InstanceState.BUILDING.value, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -149,7 +149,9 @@ class Port(Base):
     __table_args__ = (UniqueConstraint("network", "ip"), UniqueConstraint("mac"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
     network: Mapped[str] = mapped_column(String(63))
     mac: Mapped[str] = mapped_column(String(17))
     ip: Mapped[str] = mapped_column(String(45))
@@ -166,7 +168,7 @@ class Allocation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"), index=True)
-    migration_id: Mapped[str | None] = mapped_column(ForeignKey("migrations.id"))
+    migration_id: Mapped[str | None] = mapped_column(ForeignKey("migrations.id"), index=True)
     vcpus: Mapped[int]
     ram_mb: Mapped[int]
     disk_gb: Mapped[int]
