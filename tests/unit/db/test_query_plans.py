@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Select, select, text
@@ -15,7 +16,7 @@ from sqlalchemy.dialects import sqlite
 from ferry.db.database import Database
 from ferry.db.models import Allocation, Instance, Port
 
-LOOKUPS: dict[str, Select[tuple[int]]] = {
+LOOKUPS: dict[str, Select[Any]] = {
     "an instance's ports (loaded with every instance)": select(Port.id).where(
         Port.instance_id.in_(["a", "b"])
     ),
@@ -39,7 +40,7 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
         await db.dispose()
 
 
-async def _plan(db: Database, query: Select[tuple[int]]) -> str:
+async def _plan(db: Database, query: Select[Any]) -> str:
     compiled = query.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
     async with db.engine.connect() as connection:
         rows = await connection.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))
