@@ -281,13 +281,20 @@ def scale_section(report: dict[str, Any], out: Path) -> Section:
                  "API read latency without a drain and during the drains")  # fmt: skip
     return Section(
         "Control plane at scale (fake driver)",
-        "ferry bench scale --out DIR",
+        _scale_command(report["options"]),
         "A real controller (SQLite) with simulated hosts, each a fake-driver agent behind its own "
         "mutual TLS listener, drained under a steady open-loop read load.",
         ["figure", "unit", "baseline", "measured", "ratio"],
         rows,
         [plot],
         [*summary_lines(report), *NOTES],
+    )
+
+
+def _scale_command(options: dict[str, Any]) -> str:
+    return (
+        f"ferry bench scale --hosts {options['hosts']} --instances {options['instances']} "
+        f"--drains {options['drains']} --read-rate {options['read_rate']:g} --out DIR"
     )
 
 

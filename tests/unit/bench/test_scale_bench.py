@@ -226,6 +226,9 @@ def test_report_renders_as_table_rows_and_a_report_section(tmp_path: Path) -> No
     bench_report.save(tmp_path, "scale", report)
     text = bench_report.build(tmp_path).read_text()
     assert "## Control plane at scale (fake driver)" in text
+    options = report["options"]
+    assert (f"Command: `ferry bench scale --hosts {options['hosts']} --instances "
+            f"{options['instances']} --drains {options['drains']} --read-rate") in text  # fmt: skip
     assert "| controller CPU per migration, net | ms | 100.00 (1 drain) |" in text
     assert "](scale-latency.png)" in text
     assert (tmp_path / "scale-latency.png").read_bytes().startswith(b"\x89PNG")
