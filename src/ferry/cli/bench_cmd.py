@@ -38,7 +38,8 @@ def _save(out: Path | None, name: str, data: Any) -> None:
         path = save(out, name, data)
     except OSError as exc:
         raise CliError(f"cannot write the results into {out}: {exc.strerror or exc}") from exc
-    console.print(f"results: {path}", highlight=False)
+    # on stderr: with --format json, stdout carries the results alone
+    typer.echo(f"results: {path}", err=True)
 
 
 COLUMNS = [
