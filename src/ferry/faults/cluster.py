@@ -226,6 +226,15 @@ class Process:
         self._forget()
 
 
+async def all_hosts_up(cluster: Cluster) -> bool:
+    """Whether the controller says every host of the cluster is up (False while it cannot say)."""
+    try:
+        up = await cluster.call("GET", "/v1/hosts?liveness=up")
+    except (httpx.TransportError, ClusterError):
+        return False
+    return {h["name"] for h in up} >= set(cluster.names)
+
+
 class FakeCluster:
     """A controller and `hosts` fake-driver agents named host1..hostN under `root`."""
 
@@ -392,11 +401,7 @@ class FakeCluster:
             return False
 
     async def hosts_up(self) -> bool:
-        try:
-            up = await self.call("GET", "/v1/hosts?liveness=up")
-        except (httpx.TransportError, ClusterError):
-            return False
-        return {h["name"] for h in up} >= set(self.names)
+        return await all_hosts_up(self)
 
     async def wait_hosts_up(self, within: float) -> None:
         await self._until(self.hosts_up, within, "every host to be up")

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from ferry.agent.net import TAP_PREFIX, tap_name
-from ferry.faults.cluster import Cluster, ClusterError
+from ferry.faults.cluster import Cluster, ClusterError, all_hosts_up
 from ferry.faults.collect import Probes
 from ferry.faults.inject import (
     IN_PROGRESS,
@@ -145,11 +145,7 @@ class LabCluster:
             raise ClusterError(str(exc)) from exc
 
     async def hosts_up(self) -> bool:
-        try:
-            up = await self.call("GET", "/v1/hosts?liveness=up")
-        except (httpx.TransportError, ClusterError):
-            return False
-        return {h["name"] for h in up} >= set(self.names)
+        return await all_hosts_up(self)
 
     @property
     def _record(self) -> LabRecord:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,16 +12,6 @@ from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, ins
 
 from ferry.db.database import Database, alembic_config
 from ferry.db.models import Base
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'ferry.db'}")
-    await db.upgrade()
-    try:
-        yield db
-    finally:
-        await db.dispose()
 
 
 def _differences(metadata: MetaData) -> Any:

@@ -5,8 +5,6 @@ SQLAlchemy sends (SQLite's EXPLAIN QUERY PLAN)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,16 +26,6 @@ LOOKUPS: dict[str, Select[Any]] = {
     .join(Instance, Instance.id == Port.instance_id)
     .where(Instance.host_id == 1),
 }
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'ferry.db'}")
-    await db.upgrade()
-    try:
-        yield db
-    finally:
-        await db.dispose()
 
 
 async def _plan(db: Database, query: Select[Any]) -> str:
