@@ -263,6 +263,7 @@ async def test_invalid_token_create(api: Api, subtests: pytest.Subtests) -> None
 
 async def test_revoke(api: Api) -> None:
     token = await api.create_token("operator", "temp")
+    assert (await api.call("GET", "/v1/hosts", token)).status_code == 200  # now remembered
     revoked = await api.ok("DELETE", "/v1/tokens/temp", api.admin)
     assert revoked["revoked_by"] == "admin" and revoked["revoked_at"] is not None
     again = await api.call("DELETE", "/v1/tokens/temp", api.admin)
@@ -273,6 +274,16 @@ async def test_revoke(api: Api) -> None:
     assert [t["name"] for t in active] == ["admin"]
     everything = await api.ok("GET", "/v1/tokens", api.admin, params={"include_revoked": True})
     assert [t["name"] for t in everything] == ["admin", "temp"]
+
+
+async def test_a_valid_token_is_remembered_between_requests(api: Api) -> None:
+    """Authenticating is a query per request unless a valid token is remembered a few
+    seconds: GET /v1/metrics itself runs no SQL, so back-to-back calls count none."""
+    reader = await api.token("reader")
+    await api.ok("GET", "/v1/metrics", reader)
+    first = await api.ok("GET", "/v1/metrics", reader)
+    second = await api.ok("GET", "/v1/metrics", reader)
+    assert second["db_statements"] == first["db_statements"]
 
 
 async def test_revoke_by_id(api: Api) -> None:

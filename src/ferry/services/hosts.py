@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -41,10 +42,25 @@ class LivenessPolicy:
     watching_since: datetime = field(default_factory=utcnow)
 
     def of(self, host: Host, now: datetime | None = None) -> Liveness:
-        last = host.last_heartbeat_at
-        if last is not None and host.liveness_seen == Liveness.UP.value:
-            last = max(last, self.watching_since)
+        last = self._effective(host.last_heartbeat_at, host.liveness_seen)
         return liveness(last, now or utcnow(), self.interval, self.misses)
+
+    def heard_since(self, now: datetime | None = None) -> Callable[[datetime | None, str], bool]:
+        """`of(host) is UP` from a host's last heartbeat and announced liveness, with the
+        deadline computed once: for judging many hosts at the same instant."""
+        deadline = self.deadline(now)
+
+        def up(last_heartbeat: datetime | None, liveness_seen: str) -> bool:
+            last = self._effective(last_heartbeat, liveness_seen)
+            return last is not None and last > deadline
+
+        return up
+
+    def _effective(self, last: datetime | None, liveness_seen: str) -> datetime | None:
+        """The heartbeat silence counts from: see the class docstring."""
+        if last is not None and liveness_seen == Liveness.UP.value:
+            return max(last, self.watching_since)
+        return last
 
     def deadline(self, now: datetime | None = None) -> datetime:
         return heartbeat_deadline(now or utcnow(), self.interval, self.misses)

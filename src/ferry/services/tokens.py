@@ -6,8 +6,9 @@ import asyncio
 import hashlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -24,6 +25,9 @@ from ferry.services.store import Store, record
 SECRET_PREFIX = "ferry_"
 BOOTSTRAP_NAME = "admin"
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
+# How long a successful authentication is remembered. Revocation through this controller takes
+# effect at once (it forgets the token); a revocation written by another process, within this.
+_REMEMBER_S = 5.0
 
 
 def _digest(secret: str) -> str:
@@ -39,6 +43,13 @@ class Principal:
     role: Role
 
 
+@dataclass
+class _Remembered:
+    principal: Principal
+    last_used_at: datetime | None
+    until: float  # time.monotonic()
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     token: ApiToken
@@ -48,6 +59,10 @@ class IssuedToken:
 class TokenService:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Every API request authenticates: a few seconds' memory of each valid secret spares a
+        # session and a query per request (keyed by digest, so no secret is kept).
+        self._remembered: dict[str, _Remembered] = {}
+        self._generation = 0
 
     async def create(self, name: str, role: Role, actor: str) -> IssuedToken:
         name = validation.token_name(name)
@@ -101,6 +116,7 @@ class TokenService:
                 f"token {token.name} revoked",
                 data={"token": token.name, "role": token.role},
             )
+        self._forget()
         return token
 
     @staticmethod
@@ -115,21 +131,44 @@ class TokenService:
         )
 
     async def authenticate(self, secret: str) -> Principal:
+        digest = _digest(secret)
+        known = self._remembered.get(digest)
+        if known is None or known.until < time.monotonic():
+            known = await self._look_up(digest)
+        now = utcnow()
+        if known.last_used_at is None or now - known.last_used_at > _LAST_USED_RESOLUTION:
+            async with self.store.db.writing() as session:
+                stored = await session.get(ApiToken, known.principal.token_id)
+                if stored is not None:
+                    stored.last_used_at = now
+            known.last_used_at = now
+        return known.principal
+
+    async def _look_up(self, digest: str) -> _Remembered:
+        generation = self._generation
         async with self.store.reading() as session:
             token = await session.scalar(
                 select(ApiToken).where(
-                    ApiToken.secret_sha256 == _digest(secret), ApiToken.revoked_at.is_(None)
+                    ApiToken.secret_sha256 == digest, ApiToken.revoked_at.is_(None)
                 )
             )
         if token is None:
+            self._remembered.pop(digest, None)
             raise Unauthenticated("the bearer token is unknown or revoked")
-        now = utcnow()
-        if token.last_used_at is None or now - token.last_used_at > _LAST_USED_RESOLUTION:
-            async with self.store.db.writing() as session:
-                stored = await session.get(ApiToken, token.id)
-                if stored is not None:
-                    stored.last_used_at = now
-        return Principal(token.id, token.name, Role(token.role))
+        known = _Remembered(
+            Principal(token.id, token.name, Role(token.role)),
+            token.last_used_at,
+            time.monotonic() + _REMEMBER_S,
+        )
+        if generation == self._generation:
+            self._remembered[digest] = known
+        return known
+
+    def _forget(self) -> None:
+        """After a revocation commits: forget every token, and make a look-up that read
+        before the commit (and finishes after it) not remember what it read."""
+        self._remembered.clear()
+        self._generation += 1
 
     async def bootstrap(self, token_file: Path) -> bool:
         """On the first start (no token at all) create an admin token into a 0600 file."""
