@@ -129,6 +129,7 @@ class ImageGuests:
         self.image, self.ns, self.ledger = image, ns, ledger
         self.workdir = Path(tempfile.mkdtemp(prefix="fti-"))  # short: QMP socket paths
         self.guests: list[BootedGuest] = []
+        self.others: list[int] = []  # QEMUs started by `launch`
 
     def _argv(self, index: int, append: str, mac: str) -> list[str]:
         run = self.workdir / str(index)
@@ -176,12 +177,28 @@ class ImageGuests:
         self.guests.append(guest)
         return guest
 
+    async def launch(self, argv: list[str], pidfile: Path) -> int:
+        """Start a QEMU of any command line (it must `-daemonize` with `-pidfile PIDFILE`) in the
+        namespace; its pid, killed with the others."""
+        proc = await asyncio.create_subprocess_exec(
+            *image_in_ns(self.ns, *argv),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, f"QEMU did not start: {err.decode().strip()}"
+        pid = int((await asyncio.to_thread(pidfile.read_text)).strip())
+        self.ledger.pids.append(pid)
+        self.others.append(pid)
+        return pid
+
     def stop_all(self) -> None:
         """Kill every QEMU we started, by pid; remove the work directory."""
-        for guest in self.guests:
-            _stop(guest.pid)
+        pids = [guest.pid for guest in self.guests] + self.others
+        for pid in pids:
+            _stop(pid)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        alive = [guest.pid for guest in self.guests if _qemu_alive(guest.pid)]
+        alive = [pid for pid in pids if _qemu_alive(pid)]
         assert not alive, f"QEMU still running: {alive}"
 
 

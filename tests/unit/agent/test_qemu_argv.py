@@ -11,6 +11,7 @@ from ferry.agent.drivers.base import GuestSpec, PortSpec
 from ferry.agent.drivers.qemu_argv import (
     CPU_MODEL,
     MACHINE_TYPE,
+    TCG_RAM_PAD_KIB,
     QemuConfig,
     guest_argv,
     kernel_cmdline,
@@ -38,9 +39,20 @@ def test_virtual_hardware_is_pinned() -> None:
     assert (MACHINE_TYPE, CPU_MODEL) == ("pc-q35-7.2", "qemu64")
     assert option(argv, "-machine") == [MACHINE_TYPE]
     assert option(argv, "-cpu") == [CPU_MODEL]
-    assert option(argv, "-m") == ["512"] and option(argv, "-smp") == ["2"]
+    assert option(argv, "-m") == ["524296K"] and option(argv, "-smp") == ["2"]
     assert option(argv, "-uuid") == [spec().id]
     assert "-nodefaults" in argv and "-daemonize" in argv
+
+
+def test_tcg_ram_is_off_the_256_kib_grid_and_kvm_ram_is_the_flavor() -> None:
+    """QEMU < 9.0 under TCG loses writes while migrating RAM of whole 256 KiB blocks (see
+    TCG_RAM_PAD_KIB); KVM tracks dirty pages itself and gets the flavor's size exactly."""
+    tcg = option(guest_argv(CONFIG, spec(), RUNDIR, ["tap0", "tap1"]), "-m")
+    kib = int(tcg[0].removesuffix("K"))
+    assert kib == 512 * 1024 + TCG_RAM_PAD_KIB and kib % 256 != 0
+    assert kib % 8 == 0  # QEMU rounds RAM up to 8 KiB: the size asked is the size given
+    kvm = QemuConfig(CONFIG.run_dir, CONFIG.kernel, CONFIG.initrd, accel="kvm")
+    assert option(guest_argv(kvm, spec(), RUNDIR, ["tap0", "tap1"]), "-m") == ["512"]
 
 
 def test_config_overrides_machine_and_cpu() -> None:
