@@ -166,3 +166,69 @@ async def test_one_pass_starts_instances_of_different_hosts_in_parallel(api: Api
     released.set()
     await asyncio.wait_for(one_pass, 5.0)
     assert await state("slow") == "running"
+
+
+async def test_a_create_is_answered_from_what_it_wrote(api: Api) -> None:
+    """Regression: seeding 20,000 instances ran at 8-19 creates/s, its writes serialized and
+    each paying per statement. A create named its host twice more after reading it, counted
+    group members for a request without a group, and after committing read the instance, its
+    ports and its host back. Its answer is the instance as a read shows it."""
+    await _cluster(api, 2)
+    operator = await api.token("operator")
+    for body in (
+        {"name": "pinned", "flavor": "m1", "network": "lab", "host": "node-2"},
+        {"name": "placed", "flavor": "m1", "network": "lab"},
+        {"name": "grouped", "flavor": "m1", "network": "lab", "group": "g"},
+    ):
+        response = await api.call("POST", "/v1/instances", operator, json=body)
+        assert response.status_code == 201, response.text
+        shown = await api.ok("GET", f"/v1/instances/{body['name']}", api.admin)
+        assert response.json() == shown
+        assert shown["host"] == body.get("host", shown["host"]) and len(shown["ports"]) == 1
+    grouped = {i["name"]: i["host"] for i in await api.ok("GET", "/v1/instances", api.admin)}
+    assert grouped["grouped"] == "node-1"  # soft affinity: where the group's members are
+
+
+async def test_candidates_of_one_host_match_those_of_all(api: Api) -> None:
+    """One named host is read in one statement (claims and inbound migrations by subqueries);
+    it must see what the read of every host sees."""
+    await _cluster(api, 6)
+    await _add_running_migrations(api, 2)
+    async with api.controller.db.reading() as session:
+        everyone = {c.name: c for c in await api.controller.placer.candidates(session)}
+        for name in ("node-1", "node-2"):
+            assert await api.controller.placer.candidates(session, only=name) == [everyone[name]]
+        assert await api.controller.placer.candidates(session, only="ghost") == []
+    assert everyone["node-2"].inbound == 2 and everyone["node-1"].used.vcpus == 12
+
+
+async def test_a_heartbeat_and_its_guest_report_are_one_write(api: Api) -> None:
+    """Regression: a heartbeat carrying its host's guests took the serialized write twice (the
+    beat, then the report): at 1,000 hosts, a fifth of the write time that creates waited for.
+    The report wakes listeners only when it changes an instance."""
+    await _cluster(api, 2)
+    agent = await api.token("agent")
+    listed = await api.ok("GET", "/v1/instances", api.admin)
+    guests = [{"id": i["id"], "name": i["name"], "power": "running"} for i in listed]
+    db = api.controller.db
+    writes: list[int] = []
+    original = db.writing
+
+    def counted() -> Any:
+        writes.append(1)
+        return original()
+
+    db.writing = counted  # type: ignore[method-assign]
+    try:
+        for expected_wake in (True, False):
+            seen = api.controller.bus.current()
+            writes.clear()
+            url = "/v1/agent/hosts/node-1/heartbeat"
+            response = await api.call("POST", url, agent, json={"guests": guests})
+            assert response.status_code == 200, response.text
+            assert len(writes) == 1
+            assert seen.is_set() is expected_wake
+    finally:
+        db.writing = original  # type: ignore[method-assign]
+    states = {i["name"]: i["state"] for i in await api.ok("GET", "/v1/instances", api.admin)}
+    assert states == {"vm-0": "running", "vm-1": "running"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -27,6 +27,9 @@ from ferry.domain.instance import InstanceState
 from ferry.protocol import HostRegistration
 from ferry.scheduler.model import NOTHING, Resources
 from ferry.services.store import Store, record
+
+# Applies what a heartbeat reports, in the heartbeat's transaction; True when it changed state.
+Report = Callable[[AsyncSession, Host], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -193,15 +196,18 @@ class HostService:
                 )
         return host, created
 
-    async def heartbeat(self, name: str, actor: str) -> Host:
+    async def heartbeat(self, name: str, actor: str, report: Report | None = None) -> Host:
         """Move the host's heartbeat time. That alone wakes no loop and no event stream (nothing
         acts on the time itself: liveness is judged against it at each read), so a thousand
         hosts beating do not make every reconcile loop run a pass per beat; a host that comes
-        back up is announced and wakes them."""
+        back up is announced and wakes them. `report` (the guests the beat carries, applied in
+        the same transaction: one write per beat) says whether it changed anything, which wakes
+        them too."""
         async with self.store.db.writing() as session:
             host = await get_host(session, name)
             back = self._beat(session, host, actor)
-        if back:
+            changed = await report(session, host) if report is not None else False
+        if back or changed:
             self.store.bus.notify()
         return host
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from ferry.db.models import Allocation, Host, Instance, Migration, Port
 from ferry.domain.errors import Conflict, InvalidInput, NotFound
@@ -56,7 +57,8 @@ class InstanceService:
         # Per host, the running instances its latest report lacked (see apply_report).
         self._unseen: dict[str, set[str]] = {}
 
-    async def create(self, req: InstanceRequest, actor: str) -> Instance:
+    async def create(self, req: InstanceRequest, actor: str) -> tuple[Instance, str]:
+        """The new instance (building) and the name of the host it is placed on."""
         _name("instance", req.name)
         async with self.store.write() as session:
             if await session.scalar(
@@ -85,19 +87,14 @@ class InstanceService:
                 created_by=actor,
                 dirty_rate_mbps=req.dirty_rate_mbps,
                 server_group=req.group,
+                ports=[],  # known empty: the port below is added without loading the collection
             )
             session.add(instance)
             await session.flush()
             prefix = network.cidr.split("/")[1]
             ip = await placement.free_ip(session, network)
-            session.add(
-                Port(
-                    instance_id=instance.id,
-                    network=network.name,
-                    mac=await placement.free_mac(session),
-                    ip=ip,
-                )
-            )
+            mac = await placement.free_mac(session)
+            instance.ports.append(Port(network=network.name, mac=mac, ip=ip))
             self.placer.claim(session, host, instance)
             record(
                 session,
@@ -109,16 +106,21 @@ class InstanceService:
                 data={"flavor": flavor.name, "network": network.name, "ip": ip}
                 | ({"group": req.group} if req.group else {}),
             )
-        return await self.get(instance.id)
+        # Every column has a default set in Python and the ports were built here: the committed
+        # instance is returned as it is, without reading back what this transaction wrote.
+        return instance, host.name
 
     async def _place(self, session: AsyncSession, request: Request, wanted: str | None) -> Host:
-        if wanted is not None:
-            await get_host(session, wanted)
+        # The named host's row stays referenced, so the session still holds it when `choose`
+        # looks the chosen host up by its key: no second read.
+        named = await get_host(session, wanted) if wanted is not None else None
         try:
-            return await self.placer.choose(session, request, only=wanted)
+            host = await self.placer.choose(session, request, only=wanted)
         except NoValidHost as exc:
             target = f"host {wanted}" if wanted else "any host"
             raise Conflict(f"cannot place the instance on {target}: {exc}") from exc
+        assert named is None or host is named
+        return host
 
     async def delete(self, name: str, actor: str) -> Instance:
         async with self.store.write() as session:
@@ -174,35 +176,45 @@ class InstanceService:
         it too: an agent lists its guests for a heartbeat only after the controller answered
         the previous one, so that next list is newer than the state the first one was held
         against. A guest reported stopped or crashed is an error at once."""
+        async with self.store.write() as session:
+            await self.settle(session, await get_host(session, host_name), guests)
+
+    async def settle(self, session: AsyncSession, host: Host, guests: list[GuestReport]) -> bool:
+        """`apply_report` in the caller's transaction (a heartbeat's); True when it changed an
+        instance."""
         by_id = {g.id: g for g in guests}
         moving = select(Migration.instance_id).where(
             Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES])
         )
-        async with self.store.write() as session:
-            host = await get_host(session, host_name)
-            rows = await session.scalars(
-                select(Instance).where(
-                    Instance.host_id == host.id,
-                    Instance.state.in_([InstanceState.BUILDING.value, InstanceState.RUNNING.value]),
-                    Instance.id.not_in(moving),
-                )
+        rows = await session.scalars(
+            select(Instance)
+            .where(
+                Instance.host_id == host.id,
+                Instance.state.in_([InstanceState.BUILDING.value, InstanceState.RUNNING.value]),
+                Instance.id.not_in(moving),
             )
-            unseen = self._unseen.pop(host_name, set())
-            missing: set[str] = set()
-            for instance in rows.all():
-                guest = by_id.get(instance.id)
-                if instance.state == InstanceState.BUILDING and guest and guest.power == "running":
+            .options(raiseload(Instance.ports))  # not needed here: no query for them per beat
+        )
+        unseen = self._unseen.pop(host.name, set())
+        missing: set[str] = set()
+        changed = False
+        for instance in rows.all():
+            guest = by_id.get(instance.id)
+            if instance.state == InstanceState.BUILDING:
+                if guest is not None and guest.power == "running":
                     self.mark_running(session, instance, host.name, "reported by the agent")
-                elif instance.state != InstanceState.RUNNING:
-                    continue
-                elif guest is not None and guest.power in ("stopped", "crashed"):
-                    self.mark_error(session, instance, host.name, guest.detail)
-                elif guest is None and instance.id in unseen:
-                    self.mark_error(session, instance, host.name, "the host does not run it")
-                elif guest is None:
-                    missing.add(instance.id)
-            if missing:
-                self._unseen[host_name] = missing
+                    changed = True
+            elif guest is not None and guest.power in ("stopped", "crashed"):
+                self.mark_error(session, instance, host.name, guest.detail)
+                changed = True
+            elif guest is None and instance.id in unseen:
+                self.mark_error(session, instance, host.name, "the host does not run it")
+                changed = True
+            elif guest is None:
+                missing.add(instance.id)
+        if missing:
+            self._unseen[host.name] = missing
+        return changed
 
     @staticmethod
     def mark_running(session: AsyncSession, instance: Instance, host: str, how: str) -> None:

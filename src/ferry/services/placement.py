@@ -12,6 +12,8 @@ import ipaddress
 import json
 import logging
 import secrets
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -89,45 +91,65 @@ class Placer:
         group), so the cost follows the number of hosts, not of instances. Hosts are read as
         plain column tuples, not ORM rows: a placement reads every host, and hydrating them
         cost more than the decision."""
-        query = select(*_CANDIDATE_COLUMNS).order_by(Host.name)
+        return list((await self._candidates(session, only=only)).values())
+
+    async def _candidates(
+        self, session: AsyncSession, *, only: str | None = None, members: bool = True
+    ) -> dict[int, Candidate]:
+        """The candidates by host id. One named host is read in a single statement, its claims
+        and inbound migrations summed by subqueries. Without `members` the server groups'
+        members are not counted (they matter only to a request for a group)."""
+        active = [s.value for s in ACTIVE_MIGRATION_STATES]
         if only is not None:
-            query = query.where(Host.name == only)
-        hosts = (await session.execute(query)).all()
-        ids = [host[0] for host in hosts] if only is not None else None
-        used = await claimed(session, ids)
-        members = await group_members(session, ids)
-        flows = select(Migration.dest_host_id, func.count()).where(
-            Migration.state.in_([s.value for s in ACTIVE_MIGRATION_STATES])
-        )
-        if ids is not None:
-            flows = flows.where(Migration.dest_host_id.in_(ids))
-        rows = await session.execute(flows.group_by(Migration.dest_host_id))
-        inbound: dict[int | None, int] = {dest: n for dest, n in rows.all()}
+            sums = [
+                select(func.coalesce(func.sum(column), 0))
+                .where(Allocation.host_id == Host.id)
+                .scalar_subquery()
+                for column in (Allocation.vcpus, Allocation.ram_mb, Allocation.disk_gb)
+            ]
+            flowing = (
+                select(func.count())
+                .where(Migration.dest_host_id == Host.id, Migration.state.in_(active))
+                .scalar_subquery()
+            )
+            query = select(*_CANDIDATE_COLUMNS, *sums, flowing).where(Host.name == only)
+            rows = (await session.execute(query)).all()
+            hosts: Sequence[Any] = [row[: len(_CANDIDATE_COLUMNS)] for row in rows]
+            used = {row[0]: Resources(int(row[-4]), int(row[-3]), int(row[-2])) for row in rows}
+            inbound: dict[int | None, int] = {row[0]: int(row[-1]) for row in rows}
+            ids: list[int] | None = list(used)
+        else:
+            query = select(*_CANDIDATE_COLUMNS).order_by(Host.name)
+            hosts = list((await session.execute(query)).all())
+            ids = None
+            used = await claimed(session, ids)
+            flows = select(Migration.dest_host_id, func.count()).where(Migration.state.in_(active))
+            counted = await session.execute(flows.group_by(Migration.dest_host_id))
+            inbound = {dest: n for dest, n in counted.all()}
+        groups = await group_members(session, ids) if members and hosts else {}
         heard = self.liveness.heard_since()
         nothing = Resources(0, 0, 0)
-        candidates = []
+        candidates: dict[int, Candidate] = {}
         for (
             host_id, name, vcpus, ram_mb, disk_gb, r_vcpus, r_ram_mb, r_disk_gb,
             cpu_ratio, ram_ratio, disk_ratio, cpu_model, machine_type, qemu_version,
             networks, last_heartbeat, seen, admin, maintenance,
         ) in hosts:  # fmt: skip
-            candidates.append(
-                Candidate(
-                    name=name,
-                    up=heard(last_heartbeat, seen),
-                    enabled=admin == AdminState.ENABLED,
-                    in_service=maintenance == MaintenanceState.IN_SERVICE,
-                    capacity=Resources(
-                        int((vcpus - r_vcpus) * cpu_ratio),
-                        int((ram_mb - r_ram_mb) * ram_ratio),
-                        int((disk_gb - r_disk_gb) * disk_ratio),
-                    ),
-                    used=used.get(host_id, nothing),
-                    networks=_network_set(networks),
-                    traits=Traits(cpu_model, machine_type, qemu_version),
-                    inbound=inbound.get(host_id, 0),
-                    members=members.get(host_id, {}),
-                )
+            candidates[host_id] = Candidate(
+                name=name,
+                up=heard(last_heartbeat, seen),
+                enabled=admin == AdminState.ENABLED,
+                in_service=maintenance == MaintenanceState.IN_SERVICE,
+                capacity=Resources(
+                    int((vcpus - r_vcpus) * cpu_ratio),
+                    int((ram_mb - r_ram_mb) * ram_ratio),
+                    int((disk_gb - r_disk_gb) * disk_ratio),
+                ),
+                used=used.get(host_id, nothing),
+                networks=_network_set(networks),
+                traits=Traits(cpu_model, machine_type, qemu_version),
+                inbound=inbound.get(host_id, 0),
+                members=groups.get(host_id, {}),
             )
         return candidates
 
@@ -160,13 +182,17 @@ class Placer:
         exclude: str | None = None,
     ) -> Host:
         """The scheduler's host for `request` (or NoValidHost), as a database row."""
-        hosts = [h for h in await self.candidates(session, only=only) if h.name != exclude]
+        found = await self._candidates(session, only=only, members=request.group is not None)
+        ids = {c.name: host_id for host_id, c in found.items()}
+        hosts = [c for c in found.values() if c.name != exclude]
         try:
             chosen = self.scheduler.select(hosts, request)
         except NoValidHost as exc:
             log.info("placement of %s refused: %s", request.need, exc)
             raise
-        host = await session.scalar(select(Host).where(Host.name == chosen.name))
+        # By primary key: a row this session holds already (the host a request names) is not
+        # read again.
+        host = await session.get(Host, ids[chosen.name])
         assert host is not None
         return host
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter
 
 from ferry.api.deps import Agent, Ctl
@@ -28,7 +30,8 @@ async def register(ctl: Ctl, who: Agent, body: HostRegistration) -> Registration
 async def heartbeat(
     ctl: Ctl, who: Agent, name: str, body: Heartbeat | None = None
 ) -> HeartbeatAccepted:
-    host = await ctl.hosts.heartbeat(name, who.name)
+    report = None
     if body is not None and body.guests is not None:
-        await ctl.instances.apply_report(name, body.guests)
+        report = functools.partial(ctl.instances.settle, guests=body.guests)
+    host = await ctl.hosts.heartbeat(name, who.name, report)
     return HeartbeatAccepted(host=host.name, heartbeat_interval=ctl.settings.heartbeat_interval)

@@ -135,13 +135,13 @@ async def list_instances(
 
 @router.post("/instances", response_model=InstanceOut, status_code=201, responses=ERRORS)
 async def create_instance(ctl: Ctl, who: Operator, body: InstanceIn) -> InstanceOut:
-    instance = await ctl.instances.create(
+    instance, host = await ctl.instances.create(
         InstanceRequest(
             body.name, body.flavor, body.network, body.host, body.dirty_rate_mbps, group=body.group
         ),
         who.name,
     )
-    return _out(instance, await ctl.instances.host_name(instance))
+    return _out(instance, host)
 
 
 @router.get("/instances/{name}", response_model=InstanceOut, responses=ERRORS)
