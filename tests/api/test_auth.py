@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -169,6 +170,27 @@ async def test_unauthenticated(
         assert response.headers["WWW-Authenticate"] == "Bearer"
         assert response.json()["error"] == "unauthenticated"
         assert response.json()["message"]
+    assert await api.events() == before
+
+
+async def test_every_api_operation_but_health_demands_a_token(api: Api) -> None:
+    """Every operation of the controller's own OpenAPI document (so a new router cannot be
+    forgotten here) answers 401 without a token, whatever its path parameters and body."""
+    await api.register("node-1")
+    before = await api.events()
+    document = (await api.client.get("/openapi.json")).json()
+    tried = []
+    for path, operations in document["paths"].items():
+        if path == "/v1/health":
+            continue
+        url = re.sub(r"\{[^}]+\}", "node-1", path)
+        for method in operations:
+            response = await api.client.request(method.upper(), url, json={})
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["error"] == "unauthenticated"
+            tried.append((method, path))
+    assert len(tried) >= 40, tried
+    assert ("get", "/v1/events/stream") in tried and ("get", "/v1/metrics") in tried
     assert await api.events() == before
 
 
