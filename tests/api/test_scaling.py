@@ -232,3 +232,61 @@ async def test_a_heartbeat_and_its_guest_report_are_one_write(api: Api) -> None:
         db.writing = original  # type: ignore[method-assign]
     states = {i["name"]: i["state"] for i in await api.ok("GET", "/v1/instances", api.admin)}
     assert states == {"vm-0": "running", "vm-1": "running"}
+
+
+async def test_starts_that_finish_while_the_write_is_busy_are_recorded_together(
+    api: Api,
+) -> None:
+    """Regression: each instance started was recorded in a transaction of its own, so seeding
+    took the serialized write once more per instance. Outcomes that wait for the write are now
+    recorded by one transaction."""
+    names = ("node-1", "node-2", "node-3")
+    for name in names:
+        caps = {**CAPS, "networks": ["lab"]}
+        url = f"https://{name}.invalid:1"
+        assert (await api.register(name, capabilities=caps, agent_url=url)).status_code == 200
+    loop = next(loop for loop in api.controller.loops if loop.name == "instances")
+    loop.stop()  # this test runs the pass itself
+    await asyncio.sleep(0.2)
+    reconciler: InstanceReconciler = loop.step.__self__  # type: ignore[attr-defined]
+    spawned: list[str] = []
+
+    async def spawn(agent_url: str, spec: GuestSpecIn) -> GuestReport:
+        spawned.append(spec.name)
+        return GuestReport(id=spec.id, name=spec.name, power="running")
+
+    reconciler.agents.spawn = spawn  # type: ignore[method-assign]
+    operator = await api.token("operator")
+    for path, made in (
+        ("/v1/flavors", {"name": "m1", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}),
+        ("/v1/networks", {"name": "lab", "cidr": "10.9.0.0/24"}),
+    ):
+        assert (await api.call("POST", path, operator, json=made)).status_code == 201
+    for n, host in enumerate(names):
+        body = {"name": f"vm-{n}", "flavor": "m1", "network": "lab", "host": host}
+        assert (await api.call("POST", "/v1/instances", operator, json=body)).status_code == 201
+    bus = api.controller.bus
+    notified: list[int] = []
+    notify = bus.notify
+
+    def counted() -> None:
+        notified.append(1)
+        notify()
+
+    bus.notify = counted  # type: ignore[method-assign]
+    try:
+        async with api.controller.db.writing():  # the write is busy while all three start
+            one_pass = asyncio.create_task(reconciler.step())
+            await api.eventually(lambda: _true(len(spawned) == 3))
+        await asyncio.wait_for(one_pass, 5.0)
+    finally:
+        bus.notify = notify  # type: ignore[method-assign]
+    states = {i["name"]: i["state"] for i in await api.ok("GET", "/v1/instances", api.admin)}
+    assert states == {"vm-0": "running", "vm-1": "running", "vm-2": "running"}
+    assert len(notified) == 1
+    running = [e for e in await api.events(kind="instance.running")]
+    assert len(running) == 3 and all("running" in e["message"] for e in running)
+
+
+async def _true(value: bool) -> bool:
+    return value

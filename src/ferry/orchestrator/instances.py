@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.orm import raiseload
 
 from ferry.controller.agents import AgentClient, AgentUnavailable
 from ferry.db.models import Host, Instance, Network
@@ -44,6 +46,16 @@ def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -
     )
 
 
+@dataclass(frozen=True)
+class _Started:
+    """What starting an instance on its host came to, waiting to be recorded."""
+
+    instance_id: str
+    host: str
+    detail: str  # how it runs, or why it does not
+    error: bool
+
+
 class InstanceReconciler:
     """Within a pass, hosts are served in parallel, up to `parallel_hosts` at once, and each
     host's instances in turn: a cluster booting thousands of instances is not paced by one
@@ -60,6 +72,7 @@ class InstanceReconciler:
         self.instances = instances
         self.agents = agents
         self.parallel_hosts = parallel_hosts
+        self._started: list[_Started] = []
 
     async def step(self) -> None:
         async with self.store.reading() as session:
@@ -105,20 +118,37 @@ class InstanceReconciler:
         try:
             guest = await self.agents.spawn(host.agent_url, spec)
         except AgentUnavailable as exc:
-            async with self.store.write() as session:
-                current = await session.get(Instance, instance.id)
-                if current is not None and current.state == InstanceState.BUILDING:
-                    self.instances.mark_error(session, current, host.name, str(exc))
-            return
+            outcome = _Started(instance.id, host.name, str(exc), error=True)
+        else:
+            how = f"QEMU pid {guest.pid}" if guest.pid else guest.power
+            outcome = _Started(instance.id, host.name, how, error=False)
+        self._started.append(outcome)
+        await self._record_started()
+
+    async def _record_started(self) -> None:
+        """Record every start outcome waiting, in one transaction: whichever start gets the write
+        first records those of the starts that finished meanwhile too (the later ones find
+        nothing left), so a thousand instances booting do not take the serialized write once
+        each. Should the transaction fail, its instances are still building: the next pass
+        starts them again (a start of a running guest returns it as it is)."""
         async with self.store.write() as session:
-            current = await session.get(Instance, instance.id)
-            if current is not None and current.state == InstanceState.BUILDING:
-                self.instances.mark_running(
-                    session,
-                    current,
-                    host.name,
-                    f"QEMU pid {guest.pid}" if guest.pid else guest.power,
-                )
+            batch, self._started = self._started, []
+            if not batch:
+                return
+            rows = await session.scalars(
+                select(Instance)
+                .where(Instance.id.in_([o.instance_id for o in batch]))
+                .options(raiseload(Instance.ports))
+            )
+            current = {i.id: i for i in rows.all()}
+            for outcome in batch:
+                instance = current.get(outcome.instance_id)
+                if instance is None or instance.state != InstanceState.BUILDING:
+                    continue
+                if outcome.error:
+                    self.instances.mark_error(session, instance, outcome.host, outcome.detail)
+                else:
+                    self.instances.mark_running(session, instance, outcome.host, outcome.detail)
 
     async def _destroy(self, instance: Instance, host: Host) -> None:
         if host.agent_url:
