@@ -152,6 +152,7 @@ def test_migration_completes_and_moves_everything(cluster: TlsCluster) -> None:
     assert done["state"] == "completed", done
     assert done["bytes_total"] == 512 * 2**20 and done["bytes_sent"] >= done["bytes_total"]
     assert done["downtime_ms"] is not None and done["finished_at"] is not None
+    assert 0 < done["total_time_ms"] < 60_000  # the source's own measure, stored
     assert done["error"] is None and done["leftover"] is None
     _assert_runs_only_on(cluster, "vm1", "host2")
     assert _kinds(cluster) == [
@@ -171,6 +172,18 @@ def test_abort_mid_flight_keeps_instance_on_source(cluster: TlsCluster) -> None:
         lambda: cluster.api("GET", f"/v1/migrations/{m['id']}")["state"] == "running",
         what="running",
     )
+    # In flight, both ends hold a claim: the destination's is tagged with the migration.
+    assert _allocations(cluster) == {"host1": 1, "host2+": 1}
+    # Progress is stored as it goes (the loop reads the source at least every second).
+    first = _migration(cluster, m["id"])
+    second = wait_until(
+        lambda: (n := _migration(cluster, m["id"]))["bytes_sent"] > first["bytes_sent"] and n,
+        what="progress",
+        timeout=5,
+    )
+    assert second["bytes_total"] == 512 * 2**20 and second["bytes_remaining"] > 0
+    assert 0 < second["throughput_mbps"] <= 1.1 * 8 * 1.048576  # 1 MiB/s, in Mbit/s
+    assert second["progress_at"] > first["progress_at"]
     cluster.api("POST", f"/v1/migrations/{m['id']}/abort")
     done = wait_until(lambda: _finished(cluster, m["id"]), what="abort")
     assert done["state"] == "cancelled" and done["error"] == "aborted on request"

@@ -137,6 +137,9 @@ class DrainMigrationOut(BaseModel):
     throughput_mbps: float | None
     passes: int | None
     downtime_ms: int | None = Field(description="QEMU's measured downtime, once completed")
+    total_time_ms: int | None = Field(
+        default=None, description="QEMU's measured time from the stream's start to switchover"
+    )
     error: str | None
     created_at: datetime
     started_at: datetime | None

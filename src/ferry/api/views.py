@@ -89,6 +89,7 @@ def maintenance(status: MaintenanceStatus) -> schemas.MaintenanceOut:
                 throughput_mbps=move.migration.throughput_mbps,
                 passes=move.migration.passes,
                 downtime_ms=move.migration.downtime_ms,
+                total_time_ms=move.migration.total_time_ms,
                 error=move.migration.error,
                 created_at=move.migration.created_at,
                 started_at=move.migration.started_at,

@@ -140,6 +140,9 @@ def _summary(m: dict[str, Any]) -> None:
                 f"{m['expected_downtime_ms'] or 0} ms",
             ),
             ("time", f"{when(m['started_at'])} .. {when(m['finished_at'])} ({_seconds(m)})"),
+            ("stream", f"{m['total_time_ms'] / 1000:.1f}s to switchover (QEMU)")
+            if m.get("total_time_ms") is not None
+            else ("stream", "-"),
             ("by", m["actor"]),
             ("leftover", f"a copy remains on the {m['leftover']} (removal retried)")
             if m.get("leftover")

@@ -33,6 +33,7 @@ from ferry.services.tokens import TokenService
 from ferry.services.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
+PROGRESS_INTERVAL_S = 1.0  # longest gap between two stored readings of a running migration
 
 
 class Controller:
@@ -71,9 +72,11 @@ class Controller:
         reconciler = InstanceReconciler(self.store, self.instances, self.agents)
         policy = ConvergencePolicy().with_overrides(settings.migration_policy)
         self.migrations = MigrationService(self.store, self.placer, policy)
-        migrator = MigrationReconciler(
-            self.store, self.agents, poll_s=settings.reconcile_interval / 2
-        )
+        # A running migration's progress is stored at least every PROGRESS_INTERVAL_S, whatever
+        # the reconcile interval: the migration loop passes at least that often, and reads a
+        # migration's source at most twice in that time.
+        migration_interval = min(settings.reconcile_interval, PROGRESS_INTERVAL_S)
+        self.migrator = MigrationReconciler(self.store, self.agents, poll_s=migration_interval / 2)
         drainer = DrainReconciler(self.store, self.placer, self.drain_defaults, policy)
         self.loops = [
             ReconcileLoop(
@@ -88,7 +91,7 @@ class Controller:
                 self.bus,
             ),
             ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
-            ReconcileLoop("migrations", migrator.step, settings.reconcile_interval, self.bus),
+            ReconcileLoop("migrations", self.migrator.step, migration_interval, self.bus),
             ReconcileLoop("webhooks", self.notifier.step, settings.reconcile_interval, self.bus),
         ]
         self._tasks: list[asyncio.Task[None]] = []

@@ -222,6 +222,7 @@ class Migration(Base):
     throughput_mbps: Mapped[float | None]
     expected_downtime_ms: Mapped[int | None]
     downtime_ms: Mapped[int | None]
+    total_time_ms: Mapped[int | None]  # QEMU's, start of the stream to the end of switchover
     error: Mapped[str | None] = mapped_column(Text)
     # "source" or "destination": that end still holds a copy the reconciler keeps removing
     # (finish_source after a completed move, abort after an unwind) until its agent answers.

@@ -66,13 +66,13 @@ from ferry.orchestrator.migration_judge import (
     Verdict,
     judge,
 )
+from ferry.orchestrator.migration_ports import assign_ports
 from ferry.protocol import IncomingIn, MigrateIn, MigrationParamsIn, MigrationProgressOut, TuneIn
 from ferry.services.instances import InstanceService
 from ferry.services.migrations import ACTIVE, advance
 from ferry.services.store import Store, record
 
 log = logging.getLogger(__name__)
-PORT_BASE, PORT_SPAN = 49152, 10000
 MIB = 2**20
 
 _S = MigrationState
@@ -161,6 +161,24 @@ class Job:
         )
 
 
+def ports_for(jobs: list[Job]) -> dict[str, int]:
+    """Ports for the migrations still to be given one, none held by another migration into the
+    same host (one being prepared, prepared or streaming, or a destination copy to remove)."""
+    holding = (_S.SCHEDULED, _S.PREPARING, *STREAMING)
+    held = [
+        (j.dest.id, j.migration.dest_port)
+        for j in jobs
+        if j.migration.dest_port is not None
+        and (j.state in holding or j.migration.leftover == "destination")
+    ]
+    wanted = [
+        (j.migration.id, j.dest.id)
+        for j in jobs
+        if j.state is _S.SCHEDULED and j.migration.dest_port is None
+    ]
+    return assign_ports(wanted, held)
+
+
 class MigrationReconciler:
     """`poll_s`: a running migration's progress is read from its source at most once in that
     many seconds, however often other commits wake the loop (each reading is an agent call and
@@ -172,10 +190,12 @@ class MigrationReconciler:
         self.agents = agents
         self.poll_s = poll_s
         self._read_at: dict[str, float] = {}  # migration id -> when its progress was read
+        self._ports: dict[str, int] = {}  # this pass's ports for migrations to prepare
 
     async def step(self) -> None:
         jobs = await self._jobs()
         gate(jobs)
+        self._ports = ports_for(jobs)
         streaming = {j.migration.id for j in jobs if j.state in (_S.RUNNING, _S.POSTCOPY)}
         self._read_at = {k: v for k, v in self._read_at.items() if k in streaming}
         await asyncio.gather(*(self._drive(job) for job in jobs))
@@ -244,7 +264,13 @@ class MigrationReconciler:
     # -- steps -----------------------------------------------------------------------------
 
     async def _prepare(self, job: Job) -> None:
-        port = PORT_BASE + int(job.migration.id.replace("-", "")[:8], 16) % PORT_SPAN
+        port = job.migration.dest_port or self._ports.get(job.migration.id)
+        if port is None:
+            return  # every migration port of the destination is held: a later pass
+        if job.migration.dest_port is None:
+            # Recorded before the destination listens: a retry of this step (after a failed
+            # call, or a restart) asks for the same port, which the agent may hold already.
+            await self._update(job, None, None, "", dest_port=port)
         spec = guest_spec(job.instance)
         await self.agents.incoming(
             self._url(job.dest), IncomingIn(spec=spec, port=port, params=job.params())
@@ -616,6 +642,8 @@ class MigrationReconciler:
             m.expected_downtime_ms = p.expected_downtime_ms
             if p.downtime_ms is not None:
                 m.downtime_ms = p.downtime_ms
+            if p.total_time_ms is not None:
+                m.total_time_ms = p.total_time_ms
             if m.state in ACTIVE:
                 m.error = None  # the source reports again: nothing to wait for
         job.migration = m or job.migration

@@ -45,6 +45,9 @@ class MigrationOut(BaseModel):
     throughput_mbps: float | None
     expected_downtime_ms: int | None
     downtime_ms: int | None
+    total_time_ms: int | None = Field(
+        default=None, description="QEMU's measured time from the stream's start to switchover"
+    )
     error: str | None
     leftover: str | None = Field(
         default=None, description="source or destination: that end still holds a stale copy"
