@@ -3,13 +3,14 @@
 Defaults (overridable per request and by configuration):
 - max_bandwidth_mib: 1000 MiB/s, set explicitly on every migration so QEMU's silent 128 MiB/s
   default never applies; the link is usually the real limit.
-- downtime ladder: start at 300 ms; after `stall_passes` passes without the remainder shrinking,
-  step up to the next limit (500, 1000, 2000 ms), never past the last.
+- downtime ladder: start at 300 ms; each time `stall_passes` more passes go by without the
+  migration completing, step up to the next limit (500, 1000, 2000 ms), never past the last.
 - auto_converge on: QEMU throttles a guest that dirties memory faster than the link.
 - postcopy off: when on, the capability is enabled on both ends and the timeout action may switch.
 - completion timeout: `timeout_s_per_gib` per GiB of guest memory (at least `min_timeout_s`).
-- no-progress timeout: `no_progress_s` without the remainder shrinking -> `on_timeout`
-  (abort, or switch to post-copy when enabled).
+- no-progress timeout: `no_progress_s` without a byte sent (a stalled or cut stream) ->
+  `on_timeout` (abort, or switch to post-copy when enabled); a stream that moves but never
+  converges ends by the completion timeout instead.
 """
 
 from __future__ import annotations
