@@ -194,6 +194,26 @@ async def test_every_api_operation_but_health_demands_a_token(api: Api) -> None:
     assert await api.events() == before
 
 
+async def test_a_reader_may_change_nothing(api: Api) -> None:
+    """Every operation of the OpenAPI document that is not a GET (migrate, abort, instances,
+    webhooks, tokens, maintenance, ...) refuses a reader with 403 and records nothing."""
+    await api.register("node-1")
+    reader = await api.token("reader")
+    before = await api.events()
+    document = (await api.client.get("/openapi.json")).json()
+    tried = []
+    for path, operations in document["paths"].items():
+        url = re.sub(r"\{[^}]+\}", "node-1", path)
+        for method in set(operations) - {"get"}:
+            response = await api.call(method.upper(), url, reader, json={})
+            assert response.status_code == 403, (method, path, response.text)
+            assert "'reader'" in response.json()["message"]
+            tried.append((method, path))
+    assert ("post", "/v1/instances/{name}/migrate") in tried
+    assert ("post", "/v1/migrations/{migration_id}/abort") in tried
+    assert await api.events() == before
+
+
 async def test_health_is_open(api: Api) -> None:
     response = await api.client.get("/v1/health")
     assert response.status_code == 200
