@@ -60,6 +60,13 @@ def test_migrate_wait_reports_progress_then_the_summary(cli: Cli) -> None:
     assert table[0].split()[:5] == ["ID", "INSTANCE", "FROM", "TO", "STATE"]
     assert table[1].split()[:5] == [listed[0]["id"][:8], "vm1", "host1", "host2", "completed"]
     assert json_of(cli, "migration", "list", "--state", "failed") == []
+    # --host matches either end of a migration
+    for end in ("host1", "host2"):
+        assert [m["id"] for m in json_of(cli, "migration", "list", "--host", end)] == [shown["id"]]
+    unknown = cli("migration", "list", "--host", "host3", ok=False)
+    assert unknown.returncode == 1 and "no host named 'host3'" in unknown.stderr
+    # the summary shows QEMU's own measure of the stream
+    assert "to switchover (QEMU)" in cli("migration", "show", shown["id"]).stdout
 
 
 def test_abort_ends_a_waiting_migrate_with_an_error(cli: Cli) -> None:
