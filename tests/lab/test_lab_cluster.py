@@ -124,3 +124,38 @@ def test_agent_in_namespace_admits_only_the_controller(lab: Path) -> None:
         "qemu",
         "pc-q35-7.2",
     )
+    # The real driver's facts (the machine's), and what the agent registered: the lab's
+    # configured inventory (every lab host the same size), the driver's capabilities.
+    assert facts["cpu_model"] == "qemu64" and facts["qemu_version"].startswith("7.")
+    assert facts["vcpus"] == os.cpu_count() and facts["ram_mb"] > 1024 and facts["disk_gb"] > 0
+    inventory = host["inventory"]
+    assert (inventory["vcpus"], inventory["ram_mb"], inventory["disk_gb"]) == (2, 2048, 20)
+    capabilities = host["capabilities"]
+    assert capabilities["qemu_version"] == facts["qemu_version"]
+    assert (capabilities["cpu_model"], capabilities["machine_type"]) == ("qemu64", "pc-q35-7.2")
+    assert capabilities["networks"] == ["lab"]
+
+
+def test_status_names_every_process_and_link(lab: Path) -> None:
+    record = json.loads((lab / "lab.json").read_text())
+    out = ferry("lab", "status", "--dir", str(lab), lab=lab).stdout
+    assert f"pid {record['controller_pid']} running" in out
+    for host in record["hosts"]:
+        assert f"{host['name']} {host['namespace']}" in out
+        assert f"agent pid {host['pid']} running" in out
+
+
+def test_down_after_a_crash_leaves_nothing(lab: Path) -> None:
+    """Last of the module: every process of the lab SIGKILLed (a crashed lab), then `ferry lab
+    down` from its record still removes namespaces, taps and QEMU processes."""
+    record = json.loads((lab / "lab.json").read_text())
+    guests = qemu_pids(lab)
+    assert guests
+    for pid in [record["controller_pid"], *(h["pid"] for h in record["hosts"])]:
+        os.kill(pid, signal.SIGKILL)
+    gone = ferry("lab", "status", "--dir", str(lab), lab=lab).stdout
+    assert "running" not in gone.split("\n")[0] and "gone" in gone
+    ferry("lab", "down", "--dir", str(lab), "--prefix", PREFIX, lab=lab)
+    assert support.namespaces(PREFIX) == [] and qemu_pids(lab) == []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    assert f"{PREFIX}-" not in links.stdout

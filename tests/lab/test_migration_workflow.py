@@ -152,6 +152,7 @@ def events(lab: Path, ident: str) -> list[str]:
 def test_idle_instance_moves_with_a_short_blackout(lab: Path, boot: Callable[..., Vm]) -> None:
     vm = boot("idle")
     before = page(vm.ip)
+    mac = ferry_json("instance", "show", vm.name, lab=lab)["ports"][0]["mac"]
     counts = instance_counts(lab)
     pinger = Pinger(vm.ip)
     time.sleep(1)
@@ -171,6 +172,13 @@ def test_idle_instance_moves_with_a_short_blackout(lab: Path, boot: Callable[...
     after = page(vm.ip)  # the TCP endpoint answers, at the same IP, without a reboot
     assert (after["ip"], after["boot_id"]) == (before["ip"], before["boot_id"])
     assert_runs_only_on(lab, vm, m["destination"])
+    # Same MAC: the record's, and the one the guest answers ARP with from its new host.
+    assert ferry_json("instance", "show", vm.name, lab=lab)["ports"][0]["mac"] == mac
+    subprocess.run(["ip", "neigh", "flush", "to", vm.ip], check=True)
+    assert ping(vm.ip)
+    neighbour = subprocess.run(["ip", "neigh", "show", "to", vm.ip], capture_output=True,
+                               text=True, check=True).stdout  # fmt: skip
+    assert f"lladdr {mac}" in neighbour, neighbour
     now = instance_counts(lab)
     assert now["host1"] == counts["host1"] - 1
     assert now[m["destination"]] == counts[m["destination"]] + 1
