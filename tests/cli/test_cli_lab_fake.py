@@ -16,7 +16,7 @@ import pytest
 
 from tests.cli.live import FERRY
 
-PREFIX = "flf"  # a prefix of its own: the fake lab makes no namespace, but names its record
+PREFIX = "flk"  # its own, unlike any real lab's: `lab down` falls back to it without a record
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
