@@ -313,3 +313,41 @@ def test_an_instance_that_does_not_run_moves_cold(cluster: TlsCluster) -> None:
     assert cold["state"] == "error" and cold["host"] in ("host2", "host3")
     assert dict((n, h) for n, h, _ in _claims(cluster))["vm1"] == cold["host"]
     assert len([c for c in _claims(cluster) if c[0] in names]) == 2  # one claim each
+
+
+def _copies(cluster: TlsCluster, host: str) -> dict[str, str]:
+    """Every guest the host's agent holds, whatever its power (incoming targets too)."""
+    url = load_agent_settings(cluster.root / f"{host}.toml").agent_url
+    tls = cluster.client_tls(cluster.controller_cert)
+    response = httpx.get(f"{url}/v1/guests", verify=tls, timeout=30)
+    return {g["name"]: g["power"] for g in response.json()}
+
+
+def test_an_abort_of_a_prepared_migration_releases_its_destination(cluster: TlsCluster) -> None:
+    """A drain migration prepared ahead (its destination listening, waiting for the source's one
+    stream) is aborted: it ends cancelled before any byte moved, the destination's incoming copy
+    is removed and its claim released, and the instance runs on where it was."""
+    _boot(cluster, 2)
+    slow = {"max_outbound": 1, "prepare_ahead": 1, "retry_backoff_s": 60}
+    _enter(cluster, policy={**slow, "migration": {"max_bandwidth_mib": 1}})
+
+    def prepared() -> dict[str, Any] | None:
+        by_state = {m["state"]: m for m in cluster.api("GET", "/v1/migrations")}
+        return by_state.get("preparing") if "running" in by_state else None
+
+    waiting = wait_until(prepared, what="one migration streaming, one prepared ahead")
+    dest, name = waiting["destination"], waiting["instance"]
+    assert _copies(cluster, dest).get(name) == "incoming"
+    cluster.api("POST", f"/v1/migrations/{waiting['id']}/abort")
+    done = wait_until(
+        lambda: (
+            (m := cluster.api("GET", f"/v1/migrations/{waiting['id']}"))["state"] not in ACTIVE
+            and m
+        ),
+        what="the abort",
+    )
+    assert done["state"] == "cancelled" and not done["bytes_sent"], done
+    assert name not in _copies(cluster, dest)
+    assert [(n, h) for n, h, _ in _claims(cluster) if n == name] == [(name, "host1")]
+    assert cluster.api("GET", f"/v1/instances/{name}")["host"] == "host1"
+    assert name in _guests(cluster, "host1")
