@@ -16,7 +16,7 @@ from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.migrations import MigrationReconciler
 from ferry.protocol import GuestReport, GuestSpecIn
 from ferry.services.store import EventBus, Store
-from tests.api.conftest import Api
+from tests.api.conftest import Api, Token
 
 CAPS = {"cpu_model": "EPYC-Rome", "qemu_version": "8.2.2", "machine_type": "pc-q35-8.2"}
 
@@ -40,6 +40,15 @@ async def _cluster(api: Api, instances: int) -> None:
             body["group"] = "g"
         response = await api.call("POST", "/v1/instances", operator, json=body)
         assert response.status_code == 201, response.text
+
+
+async def _flavor_and_network(api: Api, operator: Token) -> None:
+    """Flavor m1 (1 vCPU, 512 MiB, 1 GB) and network lab (10.9.0.0/24)."""
+    for path, made in (
+        ("/v1/flavors", {"name": "m1", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}),
+        ("/v1/networks", {"name": "lab", "cidr": "10.9.0.0/24"}),
+    ):
+        assert (await api.call("POST", path, operator, json=made)).status_code == 201
 
 
 async def test_candidates_sum_claims_in_the_database(api: Api) -> None:
@@ -145,11 +154,7 @@ async def test_one_pass_starts_instances_of_different_hosts_in_parallel(api: Api
 
     reconciler.agents.spawn = spawn  # type: ignore[method-assign]
     operator = await api.token("operator")
-    for path, made in (
-        ("/v1/flavors", {"name": "m1", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}),
-        ("/v1/networks", {"name": "lab", "cidr": "10.9.0.0/24"}),
-    ):
-        assert (await api.call("POST", path, operator, json=made)).status_code == 201
+    await _flavor_and_network(api, operator)
     for name, host in (("slow", "node-1"), ("fast", "node-2")):
         body = {"name": name, "flavor": "m1", "network": "lab", "host": host}
         assert (await api.call("POST", "/v1/instances", operator, json=body)).status_code == 201
@@ -257,11 +262,7 @@ async def test_starts_that_finish_while_the_write_is_busy_are_recorded_together(
 
     reconciler.agents.spawn = spawn  # type: ignore[method-assign]
     operator = await api.token("operator")
-    for path, made in (
-        ("/v1/flavors", {"name": "m1", "vcpus": 1, "ram_mb": 512, "disk_gb": 1}),
-        ("/v1/networks", {"name": "lab", "cidr": "10.9.0.0/24"}),
-    ):
-        assert (await api.call("POST", path, operator, json=made)).status_code == 201
+    await _flavor_and_network(api, operator)
     for n, host in enumerate(names):
         body = {"name": f"vm-{n}", "flavor": "m1", "network": "lab", "host": host}
         assert (await api.call("POST", "/v1/instances", operator, json=body)).status_code == 201
