@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,7 +32,36 @@ from ferry.services.hosts import LivenessPolicy
 log = logging.getLogger(__name__)
 
 
-def capacity(host: Host) -> Resources:
+class HostSizing(Protocol):
+    """What capacity and traits read of a host: a Host row, or a row of `_CANDIDATE_COLUMNS`."""
+
+    @property
+    def vcpus(self) -> int: ...
+    @property
+    def ram_mb(self) -> int: ...
+    @property
+    def disk_gb(self) -> int: ...
+    @property
+    def reserved_vcpus(self) -> int: ...
+    @property
+    def reserved_ram_mb(self) -> int: ...
+    @property
+    def reserved_disk_gb(self) -> int: ...
+    @property
+    def cpu_allocation_ratio(self) -> float: ...
+    @property
+    def ram_allocation_ratio(self) -> float: ...
+    @property
+    def disk_allocation_ratio(self) -> float: ...
+    @property
+    def cpu_model(self) -> str: ...
+    @property
+    def machine_type(self) -> str: ...
+    @property
+    def qemu_version(self) -> str: ...
+
+
+def capacity(host: HostSizing) -> Resources:
     return Resources(
         int((host.vcpus - host.reserved_vcpus) * host.cpu_allocation_ratio),
         int((host.ram_mb - host.reserved_ram_mb) * host.ram_allocation_ratio),
@@ -40,12 +69,12 @@ def capacity(host: Host) -> Resources:
     )
 
 
-def traits(host: Host) -> Traits:
+def traits(host: HostSizing) -> Traits:
     return Traits(host.cpu_model, host.machine_type, host.qemu_version)
 
 
-# What `candidates` reads of each host, in the order it unpacks them. The networks come as their
-# JSON text: most hosts share one list, so parsing is memoized per distinct text.
+# What `candidates` reads of each host, by name. The networks come as their JSON text: most hosts
+# share one list, so parsing is memoized per distinct text.
 _CANDIDATE_COLUMNS = (
     Host.id,
     Host.name,
@@ -61,7 +90,7 @@ _CANDIDATE_COLUMNS = (
     Host.cpu_model,
     Host.machine_type,
     Host.qemu_version,
-    cast(Host.networks, String),
+    cast(Host.networks, String).label("networks"),
     Host.last_heartbeat_at,
     Host.liveness_seen,
     Host.admin_state,
@@ -105,18 +134,22 @@ class Placer:
                 select(func.coalesce(func.sum(column), 0))
                 .where(Allocation.host_id == Host.id)
                 .scalar_subquery()
+                .label(f"used_{column.key}")
                 for column in (Allocation.vcpus, Allocation.ram_mb, Allocation.disk_gb)
             ]
             flowing = (
                 select(func.count())
                 .where(Migration.dest_host_id == Host.id, Migration.state.in_(active))
                 .scalar_subquery()
+                .label("inbound")
             )
             query = select(*_CANDIDATE_COLUMNS, *sums, flowing).where(Host.name == only)
-            rows = (await session.execute(query)).all()
-            hosts: Sequence[Any] = [row[: len(_CANDIDATE_COLUMNS)] for row in rows]
-            used = {row[0]: Resources(int(row[-4]), int(row[-3]), int(row[-2])) for row in rows}
-            inbound: dict[int | None, int] = {row[0]: int(row[-1]) for row in rows}
+            hosts: Sequence[Any] = (await session.execute(query)).all()
+            used = {
+                row.id: Resources(int(row.used_vcpus), int(row.used_ram_mb), int(row.used_disk_gb))
+                for row in hosts
+            }
+            inbound: dict[int | None, int] = {row.id: int(row.inbound) for row in hosts}
             ids: list[int] | None = list(used)
         else:
             query = select(*_CANDIDATE_COLUMNS).order_by(Host.name)
@@ -130,26 +163,18 @@ class Placer:
         heard = self.liveness.heard_since()
         nothing = Resources(0, 0, 0)
         candidates: dict[int, Candidate] = {}
-        for (
-            host_id, name, vcpus, ram_mb, disk_gb, r_vcpus, r_ram_mb, r_disk_gb,
-            cpu_ratio, ram_ratio, disk_ratio, cpu_model, machine_type, qemu_version,
-            networks, last_heartbeat, seen, admin, maintenance,
-        ) in hosts:  # fmt: skip
-            candidates[host_id] = Candidate(
-                name=name,
-                up=heard(last_heartbeat, seen),
-                enabled=admin == AdminState.ENABLED,
-                in_service=maintenance == MaintenanceState.IN_SERVICE,
-                capacity=Resources(
-                    int((vcpus - r_vcpus) * cpu_ratio),
-                    int((ram_mb - r_ram_mb) * ram_ratio),
-                    int((disk_gb - r_disk_gb) * disk_ratio),
-                ),
-                used=used.get(host_id, nothing),
-                networks=_network_set(networks),
-                traits=Traits(cpu_model, machine_type, qemu_version),
-                inbound=inbound.get(host_id, 0),
-                members=groups.get(host_id, {}),
+        for row in hosts:
+            candidates[row.id] = Candidate(
+                name=row.name,
+                up=heard(row.last_heartbeat_at, row.liveness_seen),
+                enabled=row.admin_state == AdminState.ENABLED,
+                in_service=row.maintenance_state == MaintenanceState.IN_SERVICE,
+                capacity=capacity(row),
+                used=used.get(row.id, nothing),
+                networks=_network_set(row.networks),
+                traits=traits(row),
+                inbound=inbound.get(row.id, 0),
+                members=groups.get(row.id, {}),
             )
         return candidates
 
