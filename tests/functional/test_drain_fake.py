@@ -82,11 +82,16 @@ def _settled(cluster: TlsCluster, host: str = "host1", within: float = 120) -> d
     return dict(wait_until(done, within, "the drain to end"))
 
 
-def _guests(cluster: TlsCluster, host: str) -> list[str]:
+def _copies(cluster: TlsCluster, host: str) -> dict[str, str]:
+    """Every guest the host's agent holds, whatever its power (incoming targets too)."""
     url = load_agent_settings(cluster.root / f"{host}.toml").agent_url
     tls = cluster.client_tls(cluster.controller_cert)
     response = httpx.get(f"{url}/v1/guests", verify=tls, timeout=30)
-    return sorted(g["name"] for g in response.json() if g["power"] == "running")
+    return {g["name"]: g["power"] for g in response.json()}
+
+
+def _guests(cluster: TlsCluster, host: str) -> list[str]:
+    return sorted(name for name, power in _copies(cluster, host).items() if power == "running")
 
 
 def _claims(cluster: TlsCluster) -> list[tuple[str, str, int]]:
@@ -313,14 +318,6 @@ def test_an_instance_that_does_not_run_moves_cold(cluster: TlsCluster) -> None:
     assert cold["state"] == "error" and cold["host"] in ("host2", "host3")
     assert dict((n, h) for n, h, _ in _claims(cluster))["vm1"] == cold["host"]
     assert len([c for c in _claims(cluster) if c[0] in names]) == 2  # one claim each
-
-
-def _copies(cluster: TlsCluster, host: str) -> dict[str, str]:
-    """Every guest the host's agent holds, whatever its power (incoming targets too)."""
-    url = load_agent_settings(cluster.root / f"{host}.toml").agent_url
-    tls = cluster.client_tls(cluster.controller_cert)
-    response = httpx.get(f"{url}/v1/guests", verify=tls, timeout=30)
-    return {g["name"]: g["power"] for g in response.json()}
 
 
 def test_an_abort_of_a_prepared_migration_releases_its_destination(cluster: TlsCluster) -> None:
