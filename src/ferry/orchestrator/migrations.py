@@ -280,7 +280,6 @@ class MigrationReconciler:
             MigrationAction.PREPARE,
             EventKind.MIGRATION_PREPARING,
             f"{job.dest.name} is ready to receive {job.name} on {port}",
-            dest_port=port,
         )
 
     async def _start(self, job: Job) -> None:
