@@ -156,15 +156,7 @@ class ImageGuests:
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         argv = self._argv(index, kernel_args(name, ip, dirty_mibps=dirty_mibps), mac)
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *image_in_ns(self.ns, *argv),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await proc.communicate()
-        assert proc.returncode == 0, f"QEMU did not start: {err.decode().strip()}"
-        pid = int((run / "qemu.pid").read_text().strip())
-        self.ledger.pids.append(pid)
+        pid = await self._start(argv, run / "qemu.pid")
         guest = BootedGuest(
             name,
             ip.split("/", maxsplit=1)[0],
@@ -180,6 +172,12 @@ class ImageGuests:
     async def launch(self, argv: list[str], pidfile: Path) -> int:
         """Start a QEMU of any command line (it must `-daemonize` with `-pidfile PIDFILE`) in the
         namespace; its pid, killed with the others."""
+        pid = await self._start(argv, pidfile)
+        self.others.append(pid)
+        return pid
+
+    async def _start(self, argv: list[str], pidfile: Path) -> int:
+        """Run a daemonizing QEMU in the namespace; its pid, in the module's ledger."""
         proc = await asyncio.create_subprocess_exec(
             *image_in_ns(self.ns, *argv),
             stdout=asyncio.subprocess.DEVNULL,
@@ -189,7 +187,6 @@ class ImageGuests:
         assert proc.returncode == 0, f"QEMU did not start: {err.decode().strip()}"
         pid = int((await asyncio.to_thread(pidfile.read_text)).strip())
         self.ledger.pids.append(pid)
-        self.others.append(pid)
         return pid
 
     def stop_all(self) -> None:
