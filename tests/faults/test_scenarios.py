@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ferry.faults.lab import MAX_INSTANCES, adapt
 from ferry.faults.scenarios import ALL_KINDS, FaultKind, Phase, scenario, scenarios
 
 
@@ -41,3 +42,17 @@ def test_the_parameters_stay_in_their_ranges() -> None:
         assert s.max_outbound in (1, 2) and s.bandwidth_mib in (64, 128, 256)
         assert 0.3 <= s.down_s <= 5.0 and s.pick in (0, 1) and 0 <= s.delay_s <= 0.3
         assert s.to_json()["kind"] == s.kind and s.describe() == f"{s.kind} at {s.phase}"
+
+
+def test_lab_runs_at_the_prepare_phase_keep_a_destination_waiting_prepared() -> None:
+    """On real hosts (two guests at most) a prepare-phase run streams one guest fewer than it
+    has, so a destination waits prepared and the fault meets it there (regression: with two
+    streams for two guests the lab run of seed 4 saw no prepared moment and was missed)."""
+    for asked in scenarios(0, 200):
+        run = adapt(asked)
+        assert run.drains == 1 and run.instances <= MAX_INSTANCES
+        if run.phase is Phase.PREPARE:
+            assert run.max_outbound < run.instances, run
+        else:
+            assert run.max_outbound == asked.max_outbound
+    assert adapt(scenario(4)).max_outbound == 1

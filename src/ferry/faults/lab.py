@@ -43,7 +43,7 @@ from ferry.faults.inject import (
 )
 from ferry.faults.invariants import GuestCopy, InstanceRecord
 from ferry.faults.runner import Backend
-from ferry.faults.scenarios import FaultKind, Scenario
+from ferry.faults.scenarios import FaultKind, Phase, Scenario
 from ferry.lab import lifecycle
 from ferry.lab.cluster import HostRecord, LabRecord
 from ferry.lab.lifecycle import ControllerApi, LabError, LabOptions
@@ -62,11 +62,19 @@ LOGS = ("controller.log", "hosts")
 
 def adapt(scenario: Scenario) -> Scenario:
     """What real guests on two cores afford: one drained host with at most two guests, streams
-    slow enough that a phase lasts long enough to be hit."""
+    slow enough that a phase lasts long enough to be hit. At the prepare phase one stream fewer
+    than guests, so that a destination waits prepared while the other streams (with as many
+    streams as guests each is prepared and started in one pass, and its prepared moment is
+    seen only by chance)."""
+    instances = min(scenario.instances, MAX_INSTANCES)
+    streams = scenario.max_outbound
+    if scenario.phase is Phase.PREPARE:
+        streams = min(streams, instances - 1)
     return dataclasses.replace(
         scenario,
         drains=1,
-        instances=min(scenario.instances, MAX_INSTANCES),
+        instances=instances,
+        max_outbound=streams,
         bandwidth_mib=BANDWIDTH_MIB,
     )
 
