@@ -161,6 +161,29 @@ class TuneIn(BaseModel):
     start_postcopy: bool = False
 
 
+class MigrationEventIn(BaseModel):
+    """A guest's migration changed on the reporting host (QEMU's MIGRATION or MIGRATION_PASS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(pattern=r"^[0-9a-f-]{8,36}$")
+    status: str = Field(min_length=1, max_length=32)
+    passes: int = Field(default=0, ge=0)
+
+
+class MigrationEvents(BaseModel):
+    """What an agent heard since its last report of them (the latest per guest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[MigrationEventIn] = Field(min_length=1, max_length=1000)
+
+
+class MigrationEventsAccepted(BaseModel):
+    host: str
+    accepted: int  # events about a migration in flight: each has its progress read at once
+
+
 class MigrationProgressOut(BaseModel):
     status: str
     total_bytes: int = 0

@@ -161,6 +161,10 @@ def test_migration_completes_and_moves_everything(cluster: TlsCluster) -> None:
         "migration.running",
         "migration.completed",
     ]
+    # The source agent announced the stream and its end; the controller read it at once.
+    metrics = cluster.api("GET", "/v1/metrics")
+    assert metrics["migration_events_accepted"] >= 2, metrics
+    assert metrics["migration_event_readings"] >= 1, metrics
 
 
 def test_abort_mid_flight_keeps_instance_on_source(cluster: TlsCluster) -> None:

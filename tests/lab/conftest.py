@@ -25,6 +25,7 @@ import pytest
 
 from ferry.lab.image import GuestImage, build_image
 from ferry.lab.image_guest import kernel_args
+from ferry.pki.ca import init_ca, issue, qemu_creds_dir
 
 IMAGE_NS_PREFIX = "fti-"
 IMAGE_BRIDGE = "br0"
@@ -211,3 +212,15 @@ def image_guests(
         guests.stop_all()
         for index in range(len(guests.guests)):
             image_run("ip", "-n", image_netns, "link", "del", f"tap{index}", check=False)
+
+
+LOOPBACK = "127.0.0.1"  # where in-namespace migrations of the image tests stream
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> Path:
+    """The QEMU driver's credentials layout for a host certificate naming LOOPBACK."""
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    issue(pki, "host1", ips=[LOOPBACK])
+    return qemu_creds_dir(pki, "host1", tmp_path / "tls")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -157,3 +158,18 @@ class Pinger:
         self.proc.send_signal(signal.SIGINT)
         out, _ = self.proc.communicate(timeout=10)
         return blackout_of(out)
+
+
+def metrics(lab: Path) -> dict[str, Any]:
+    """GET /v1/metrics of the lab's controller, with the lab's token and CA."""
+    env = lab_env(lab)
+    token = Path(env["FERRY_TOKEN_FILE"]).read_text().strip()
+    response = httpx.get(
+        f"{env['FERRY_URL']}/v1/metrics",
+        headers={"Authorization": f"Bearer {token}"},
+        verify=ssl.create_default_context(cafile=env["FERRY_CA"]),
+        timeout=30,
+    )
+    response.raise_for_status()
+    found: dict[str, Any] = response.json()
+    return found

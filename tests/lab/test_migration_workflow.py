@@ -27,6 +27,7 @@ from tests.lab.support import (
     answers,
     ferry,
     ferry_json,
+    metrics,
     namespace_of,
     page,
     ping,
@@ -154,6 +155,7 @@ def test_idle_instance_moves_with_a_short_blackout(lab: Path, boot: Callable[...
     before = page(vm.ip)
     mac = ferry_json("instance", "show", vm.name, lab=lab)["ports"][0]["mac"]
     counts = instance_counts(lab)
+    heard = metrics(lab)
     pinger = Pinger(vm.ip)
     time.sleep(1)
     m = ferry_json("instance", "migrate", vm.name, "--wait", lab=lab)  # the scheduler picks
@@ -188,6 +190,12 @@ def test_idle_instance_moves_with_a_short_blackout(lab: Path, boot: Callable[...
         "migration.running",
         "migration.completed",
     ]
+    # QEMU's events reached the controller through both agents, and were acted on at once.
+    now_heard = metrics(lab)
+    accepted = now_heard["migration_events_accepted"] - heard["migration_events_accepted"]
+    readings = now_heard["migration_event_readings"] - heard["migration_event_readings"]
+    print(f"QEMU migration events accepted: {accepted}, readings they caused: {readings}")
+    assert accepted >= 2 and readings >= 1, (heard, now_heard)
 
 
 # A 160 MiB guest rewriting 40 MiB/s of memory, sent at 8 MiB/s: plain pre-copy cannot finish.

@@ -35,8 +35,7 @@ from ferry.agent.drivers.base import GuestSpec, MigrationChannel, MigrationParam
 from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv, incoming_argv
 from ferry.agent.drivers.qemu_migration import listen, send, tcp_uri
 from ferry.lab.image import GuestImage
-from ferry.pki.ca import init_ca, issue, qemu_creds_dir
-from tests.lab.conftest import ImageGuests
+from tests.lab.conftest import LOOPBACK, ImageGuests
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a network namespace)"),
@@ -44,7 +43,7 @@ pytestmark = [
 ]
 
 ROUNDS = 3
-ADDRESS, PORT = "127.0.0.1", 49152  # loopback of the test's own namespace
+ADDRESS, PORT = LOOPBACK, 49152  # loopback of the test's own namespace
 PAGE = 4096
 MIB = 2**20
 # Slow enough for several dirty-sync passes while the guest writes: the conditions of the loss.
@@ -95,15 +94,6 @@ async def memory(client: QMPClient, size: int, dump: Path) -> bytes:
 def differing_pages(a: bytes, b: bytes) -> list[int]:
     assert len(a) == len(b)
     return [at for at in range(0, len(a), PAGE) if a[at : at + PAGE] != b[at : at + PAGE]]
-
-
-@pytest.fixture
-def creds(tmp_path: Path) -> Path:
-    """The driver's credentials layout for a host certificate naming the loopback address."""
-    pki = tmp_path / "pki"
-    init_ca(pki)
-    issue(pki, "host1", ips=[ADDRESS])
-    return qemu_creds_dir(pki, "host1", tmp_path / "tls")
 
 
 async def test_migrated_memory_equals_the_source_byte_for_byte(

@@ -1,4 +1,5 @@
-"""The agent's side of the control plane: register the host, then heartbeat with its guests."""
+"""The agent's side of the control plane: register the host, then heartbeat with its guests, and
+forward its guests' migration events as they come (events.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 from ferry import __version__
 from ferry.agent.config import AgentSettings
 from ferry.agent.drivers.base import Driver
+from ferry.agent.events import EventForwarder
 from ferry.agent.server import report
 from ferry.protocol import Capabilities, Heartbeat, HostRegistration, Inventory
 
@@ -41,7 +43,8 @@ async def registration(settings: AgentSettings, driver: Driver) -> HostRegistrat
 
 class Reporter:
     """Registers (retrying with backoff until the controller answers), then heartbeats at the
-    interval the controller asks for, re-registering if the controller forgot the host."""
+    interval the controller asks for, re-registering if the controller forgot the host. The
+    driver's migration events go to the controller through `events`, on the same client."""
 
     def __init__(self, settings: AgentSettings, driver: Driver, tls: ssl.SSLContext) -> None:
         self.settings = settings
@@ -55,8 +58,11 @@ class Reporter:
         )
         self.interval = 10.0
         self.registered = asyncio.Event()
+        self.events = EventForwarder(self.client, settings.name)
+        driver.event_sink = self.events.notify
 
     async def run(self) -> None:
+        forwarding = asyncio.create_task(self.events.run(), name="migration-events")
         try:
             while True:
                 await self._register()
@@ -65,6 +71,8 @@ class Reporter:
                         break
                     await asyncio.sleep(self.interval)
         finally:
+            forwarding.cancel()
+            await asyncio.gather(forwarding, return_exceptions=True)
             await self.client.aclose()
 
     async def _register(self) -> None:

@@ -77,6 +77,9 @@ class Controller:
         # migration's source at most twice in that time.
         migration_interval = min(settings.reconcile_interval, PROGRESS_INTERVAL_S)
         self.migrator = MigrationReconciler(self.store, self.agents, poll_s=migration_interval / 2)
+        self.migration_loop = ReconcileLoop(
+            "migrations", self.migrator.step, migration_interval, self.bus
+        )
         drainer = DrainReconciler(self.store, self.placer, self.drain_defaults, policy)
         self.loops = [
             ReconcileLoop(
@@ -91,10 +94,18 @@ class Controller:
                 self.bus,
             ),
             ReconcileLoop("instances", reconciler.step, settings.reconcile_interval, self.bus),
-            ReconcileLoop("migrations", self.migrator.step, migration_interval, self.bus),
+            self.migration_loop,
             ReconcileLoop("webhooks", self.notifier.step, settings.reconcile_interval, self.bus),
         ]
         self._tasks: list[asyncio.Task[None]] = []
+
+    def migration_events(self, host: str, instance_ids: list[str]) -> int:
+        """An agent's hypervisor announced these guests' migrations changed: read them now.
+        Returns how many belong to a migration in flight through `host`."""
+        accepted = self.migrator.hint(host, instance_ids)
+        if accepted:
+            self.migration_loop.wake()
+        return accepted
 
     def _agent_tls(self) -> ssl.SSLContext | None:
         s = self.settings

@@ -179,11 +179,25 @@ def ports_for(jobs: list[Job]) -> dict[str, int]:
     return assign_ports(wanted, held)
 
 
+@dataclass
+class EventCounts:
+    """Agents' migration events since the controller started (served at GET /v1/metrics)."""
+
+    received: int = 0  # guests named in agents' reports
+    accepted: int = 0  # of those, guests of a migration in flight through the reporting host
+    readings: int = 0  # progress readings made at once because of an event
+
+
 class MigrationReconciler:
     """`poll_s`: a running migration's progress is read from its source at most once in that
     many seconds, however often other commits wake the loop (each reading is an agent call and
     a write): with many migrations in flight, polling each one on every pass would grow with
-    the square of their number."""
+    the square of their number.
+
+    `hint`: an agent heard its hypervisor announce that a guest's migration changed (QEMU's
+    MIGRATION and MIGRATION_PASS events): that migration's progress is read at its next pass,
+    due or not, so a completion, a failure or a new pass is acted on within a pass of the event
+    rather than a poll later."""
 
     def __init__(self, store: Store, agents: AgentClient, poll_s: float = 0.0) -> None:
         self.store = store
@@ -191,6 +205,9 @@ class MigrationReconciler:
         self.poll_s = poll_s
         self._read_at: dict[str, float] = {}  # migration id -> when its progress was read
         self._ports: dict[str, int] = {}  # this pass's ports for migrations to prepare
+        self._ends: dict[str, tuple[str, str]] = {}  # instance id -> (source, destination) names
+        self._hinted: set[str] = set()  # instance ids whose progress is read at the next pass
+        self.events = EventCounts()
 
     async def step(self) -> None:
         jobs = await self._jobs()
@@ -198,13 +215,34 @@ class MigrationReconciler:
         self._ports = ports_for(jobs)
         streaming = {j.migration.id for j in jobs if j.state in (_S.RUNNING, _S.POSTCOPY)}
         self._read_at = {k: v for k, v in self._read_at.items() if k in streaming}
+        self.track(jobs)
         await asyncio.gather(*(self._drive(job) for job in jobs))
 
+    def track(self, jobs: list[Job]) -> None:
+        """The migrations in flight, which `hint` accepts events of (each pass, or a test)."""
+        self._ends = {
+            j.instance.id: (j.source.name, j.dest.name) for j in jobs if j.state.value in ACTIVE
+        }
+        self._hinted &= self._ends.keys()
+
+    def hint(self, host: str, instance_ids: list[str]) -> int:
+        """Mark these guests' migrations for a reading; those of migrations in flight with
+        `host` at either end count (others are unknown here, or over). Returns that count."""
+        hinted = {i for i in instance_ids if host in self._ends.get(i, ())}
+        self._hinted |= hinted
+        self.events.received += len(instance_ids)
+        self.events.accepted += len(hinted)
+        return len(hinted)
+
     def _due(self, job: Job) -> bool:
-        """Whether the migration's progress is due for a reading (see `poll_s`)."""
+        """Whether the migration's progress is due for a reading (see `poll_s` and `hint`)."""
         now = time.monotonic()
-        if now - self._read_at.get(job.migration.id, -math.inf) < self.poll_s:
+        hinted = job.instance.id in self._hinted
+        if not hinted and now - self._read_at.get(job.migration.id, -math.inf) < self.poll_s:
             return False
+        if hinted:
+            self._hinted.discard(job.instance.id)
+            self.events.readings += 1
         self._read_at[job.migration.id] = now
         return True
 

@@ -270,6 +270,11 @@ class HostService:
             loads = await host_loads(session, [h.id for h in hosts])
         return hosts, loads
 
+    async def require(self, name: str) -> Host:
+        """The host named `name` (NotFound otherwise), without its load."""
+        async with self.store.reading() as session:
+            return await get_host(session, name)
+
     async def get(self, name: str) -> tuple[Host, HostLoad]:
         async with self.store.reading() as session:
             host = await get_host(session, name)

@@ -86,7 +86,10 @@ def test_taps_must_match_ports() -> None:
 def test_files_live_in_the_guest_rundir() -> None:
     argv = guest_argv(CONFIG, spec(), RUNDIR, ["tap0", "tap1"])
     assert option(argv, "-pidfile") == [str(RUNDIR / "qemu.pid")]
-    assert option(argv, "-qmp") == [f"unix:{RUNDIR / 'qmp.sock'},server=on,wait=off"]
+    assert option(argv, "-qmp") == [
+        f"unix:{RUNDIR / 'qmp.sock'},server=on,wait=off",  # commands
+        f"unix:{RUNDIR / 'events.sock'},server=on,wait=off",  # events
+    ]
     assert option(argv, "-serial") == [f"file:{RUNDIR / 'serial.log'}"]
     assert option(argv, "-kernel") == ["/img/vmlinuz"] and option(argv, "-initrd") == ["/img/rd"]
 

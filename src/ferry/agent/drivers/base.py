@@ -7,7 +7,8 @@ started before the agent (re)started: drivers re-attach to them, they never rest
 Live migration handshake (Ganeti's shape; implemented with the migration workflow):
   destination  prepare_incoming(spec, channel) -> listening, tap ready
   source       migrate(id, channel, params)    -> transfer starts
-  source       migration_status(id)            -> progress, polled or evented
+  source       migration_status(id)            -> progress (query-migrate), read when due
+                                                  and whenever an event says it changed
   destination  finish_destination(id)          -> guest runs here
   source       finish_source(id)               -> source process gone
   either       abort_migration(id)             -> source keeps running, destination cleaned
@@ -19,8 +20,12 @@ missing instance succeeds; spawn of an instance that already runs with the same 
 from __future__ import annotations
 
 import abc
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+log = logging.getLogger(__name__)
 
 
 class GuestPower(StrEnum):
@@ -113,12 +118,35 @@ class MigrationProgress:
         return self.status in ("completed", "failed", "cancelled")
 
 
+@dataclass(frozen=True)
+class MigrationEvent:
+    """A guest's migration changed, as its hypervisor announced it (QEMU's MIGRATION and
+    MIGRATION_PASS events), on either end: what to read again, not the reading itself."""
+
+    instance_id: str
+    status: str  # the migration status the hypervisor entered, as query-migrate spells it
+    passes: int = 0  # dirty-sync passes begun so far, when known
+
+
+MigrationEventSink = Callable[[MigrationEvent], None]
+
+
 class DriverError(Exception):
     """A driver operation failed; the message says what and why, for the operator."""
 
 
 class Driver(abc.ABC):
     name: str
+    # Who hears of migration events (the agent forwards them to the controller); must not block.
+    event_sink: MigrationEventSink | None = None
+
+    def emit(self, event: MigrationEvent) -> None:
+        if self.event_sink is None:
+            return
+        try:
+            self.event_sink(event)
+        except Exception:  # a listener's failure must not break the driver's bookkeeping
+            log.exception("migration event listener failed on %s", event)
 
     @abc.abstractmethod
     async def facts(self) -> HostFacts: ...

@@ -32,6 +32,11 @@ happens to real hosts, with the answers the QEMU driver then gives:
   byte moves (a TCP stream over a dead link stalls; QEMU does not give up by itself), so the
   controller's no-progress timeout decides; once the link is up again the streams go on where
   they stopped.
+
+Events: like QEMU's, a stream announces itself to the driver's event sink when it starts
+(`active`, or `failed` when nobody listens), when it is cancelled, and when the model says it
+completes (a timer, moved by every tune; a cut link or an agent restart can make it early or
+missing, which costs the controller nothing but an early reading or its usual poll).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from ferry.agent.drivers.base import (
     GuestStatus,
     HostFacts,
     MigrationChannel,
+    MigrationEvent,
     MigrationParams,
     MigrationProgress,
     PortSpec,
@@ -58,6 +64,7 @@ from ferry.agent.drivers.base import (
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 
 DEAD = (GuestPower.STOPPED, GuestPower.CRASHED)
+HORIZON_S = 3600.0  # how far ahead a stream's completion is looked for, to announce it
 IN_PROGRESS = ("setup", "active", "device")
 # How the QEMU driver describes a migration target: "migration target (<QEMU runstate>)"; a
 # target whose stream completed runs the guest already (QEMU starts it by itself).
@@ -92,6 +99,7 @@ class FakeDriver(Driver):
         self._ended: dict[str, MigrationProgress] = {}
         self._doomed: set[str] = set()  # the next stream fails at once: its peer is gone
         self._link_down_since: float | None = None
+        self._alarms: dict[str, asyncio.TimerHandle] = {}  # instance id -> its completion event
         if state_file is not None and state_file.exists():
             raw = json.loads(state_file.read_text())
             if isinstance(raw, list):  # the format before the link state was kept
@@ -160,6 +168,7 @@ class FakeDriver(Driver):
         self._outgoing.pop(instance_id, None)
         self._ended.pop(instance_id, None)
         self._doomed.discard(instance_id)
+        self._disarm(instance_id)
 
     async def list(self) -> list[GuestStatus]:
         for instance_id in list(self._outgoing):
@@ -195,11 +204,32 @@ class FakeDriver(Driver):
                 status="failed", error=f"Failed to connect to {channel.address}:{channel.port}"
             )
             self._save()
+            self.emit(MigrationEvent(instance_id, "failed"))
             return
         model = SimulatedMigration(spec.ram_mb * MIB, spec.dirty_rate_mbps * MIB, params)
         self._outgoing[instance_id] = (model, time.time())
         self._ended.pop(instance_id, None)
         self._save()
+        self.emit(MigrationEvent(instance_id, "active", 1))
+        self._arm(instance_id)
+
+    def _arm(self, instance_id: str) -> None:
+        """Announce the stream's completion when its model completes it (if within HORIZON_S)."""
+        self._disarm(instance_id)
+        if self.event_sink is None or instance_id not in self._outgoing:
+            return
+        model, started = self._outgoing[instance_id]
+        end = model.at(HORIZON_S)
+        if end.status != "completed" or end.total_time_ms is None:
+            return
+        delay = max(started + end.total_time_ms / 1000 - time.time(), 0.0)
+        event = MigrationEvent(instance_id, "completed", end.passes)
+        self._alarms[instance_id] = asyncio.get_running_loop().call_later(delay, self.emit, event)
+
+    def _disarm(self, instance_id: str) -> None:
+        alarm = self._alarms.pop(instance_id, None)
+        if alarm is not None:
+            alarm.cancel()
 
     async def migration_status(self, instance_id: str) -> MigrationProgress:
         if not self._alive(instance_id):
@@ -247,6 +277,7 @@ class FakeDriver(Driver):
             started,
         )
         self._save()
+        self._arm(instance_id)
 
     async def finish_destination(self, instance_id: str) -> GuestStatus:
         guest = self._guests.get(instance_id)
@@ -295,6 +326,8 @@ class FakeDriver(Driver):
             )
         if self._outgoing.pop(instance_id, None) is not None:
             self._ended[instance_id] = MigrationProgress(status="cancelled")
+            self._disarm(instance_id)
+            self.emit(MigrationEvent(instance_id, "cancelled"))
         self._doomed.discard(instance_id)
         self._set_power(instance_id, GuestPower.RUNNING, "")
 

@@ -8,7 +8,9 @@ QEMU's native TLS) is in qemu_migration.py.
 
 QMP: a socket serves one client at a time, so every exchange is a short session (connect,
 commands, disconnect) and the sessions of one instance take turns under a lock of their own
-(operations such as spawn hold the instance lock and open sessions inside it).
+(operations such as spawn hold the instance lock and open sessions inside it). QEMU's events come
+on a second monitor of the guest, held open by an EventWatch (qemu_events.py) once a migration
+involves the guest.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from qemu.qmp import ConnectError, QMPClient, QMPError
-from qemu.qmp.qmp_client import NegotiationError
+from qemu.qmp import QMPClient
 
 from ferry.agent import net
 from ferry.agent.drivers.base import (
@@ -37,9 +38,9 @@ from ferry.agent.drivers.base import (
     PortSpec,
 )
 from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv
-from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QMP_TIMEOUT, QemuMigration
+from ferry.agent.drivers.qemu_events import EventWatch, connect
+from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QemuMigration
 
-NEGOTIATION_ATTEMPTS = 3
 _POWER = {
     "running": GuestPower.RUNNING,
     "paused": GuestPower.PAUSED,
@@ -70,6 +71,7 @@ class QemuDriver(QemuMigration):
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
         self._qmp_locks: dict[str, asyncio.Lock] = {}
+        self._watches: dict[str, EventWatch] = {}
 
     def _dir(self, instance_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):
@@ -152,6 +154,7 @@ class QemuDriver(QemuMigration):
         spec = self._spec(instance_id)
         taps = [net.tap_name(instance_id, i) for i in range(len(spec.ports))] if spec else []
         pid = self._pid(instance_id)
+        await self._unwatch(instance_id)
         if pid is not None:
             await self._stop_process(instance_id, pid)
         await self._cleanup(instance_id, taps)
@@ -175,6 +178,11 @@ class QemuDriver(QemuMigration):
     async def _cleanup(self, instance_id: str, taps: list[str]) -> None:
         for tap in taps:
             await net.delete_tap(tap)
+
+    async def close(self) -> None:
+        """Stop listening to events; the guests run on (a new agent watches them again)."""
+        for instance_id in list(self._watches):
+            await self._unwatch(instance_id)
 
     async def list(self) -> list[GuestStatus]:
         guests = []
@@ -224,27 +232,9 @@ class QemuDriver(QemuMigration):
         """One QMP connection for a few commands; sessions of an instance take turns."""
         sock = str(self._dir(instance_id) / "qmp.sock")
         async with self._qmp_locks.setdefault(instance_id, asyncio.Lock()):
-            client = await _connect(instance_id, sock)
+            client = await connect(instance_id, sock)
             try:
                 yield client
             finally:
                 with contextlib.suppress(Exception):
                     await client.disconnect()
-
-
-async def _connect(instance_id: str, sock: str) -> QMPClient:
-    """A negotiated QMP client. qemu.qmp wants the reply to qmp_capabilities as the first message
-    after it, but QEMU enables events before it replies, so an event can come first (a MIGRATION
-    event during a migration often does): that failed negotiation is retried."""
-    for attempt in range(1, NEGOTIATION_ATTEMPTS + 1):
-        client = QMPClient(f"ferry-agent-{instance_id[:8]}")
-        try:
-            await asyncio.wait_for(client.connect(sock), QMP_TIMEOUT)
-            return client
-        except (QMPError, OSError, TimeoutError) as exc:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-            raced = isinstance(exc, ConnectError) and isinstance(exc.exc, NegotiationError)
-            if not raced or attempt == NEGOTIATION_ATTEMPTS:
-                raise DriverError(f"cannot reach QMP of {instance_id}: {exc}") from exc
-    raise AssertionError("unreachable")

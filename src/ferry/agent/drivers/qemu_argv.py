@@ -11,6 +11,8 @@ from ferry.agent.drivers.base import GuestSpec
 from ferry.lab.image_guest import kernel_args
 from ferry.pki.ca import dn_glob
 
+EVENTS_SOCK = "events.sock"  # a guest's second QMP monitor, for its events (qemu_events.py)
+
 MACHINE_TYPE = "pc-q35-7.2"
 CPU_MODEL = "qemu64"
 
@@ -101,6 +103,8 @@ def guest_argv(config: QemuConfig, spec: GuestSpec, rundir: Path, taps: list[str
         f"file:{rundir / 'serial.log'}",
         "-qmp",
         f"unix:{rundir / 'qmp.sock'},server=on,wait=off",
+        "-qmp",  # the event monitor (qemu_events.py): QEMU sends its events to every monitor
+        f"unix:{rundir / EVENTS_SOCK},server=on,wait=off",
         "-pidfile",
         str(rundir / "qemu.pid"),
         "-kernel",

@@ -18,6 +18,12 @@ Once the source reports `completed` the guest runs on the destination (QEMU star
 itself: no -S), so neither end aborts any more: the only way is forward. Post-copy is the same
 from its switch on. A switchover in progress (status `device`) is waited out, not cancelled, so
 that a cancel cannot race a destination that already started the guest.
+
+Both ends listen to the guest's events (qemu_events.py) from their first step on: each MIGRATION
+and MIGRATION_PASS goes to the driver's event sink, and the waits for a stream to settle or a
+guest to arrive wake on the next event instead of polling QMP every 50 ms (they still read the
+state with query-migrate and query-status, and poll every `EVENT_FALLBACK` seconds when no event
+comes, or every `POLL` seconds when the guest has no event monitor).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -46,6 +53,7 @@ from ferry.agent.drivers.base import (
 )
 from ferry.agent.drivers.qemu_argv import (
     AUTHZ_ID,
+    EVENTS_SOCK,
     TLS_CLIENT_ID,
     TLS_SERVER_ID,
     QemuConfig,
@@ -53,6 +61,7 @@ from ferry.agent.drivers.qemu_argv import (
     incoming_argv,
     tls_creds_object,
 )
+from ferry.agent.drivers.qemu_events import EventWatch
 from ferry.pki.store import (
     CERT_MODE,
     KEY_MODE,
@@ -64,9 +73,12 @@ from ferry.pki.store import (
     write_file,
 )
 
+log = logging.getLogger(__name__)
+
 QMP_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 30.0  # a cancel, a switchover, the destination's last device state
-POLL = 0.05
+POLL = 0.05  # a guest without an event monitor
+EVENT_FALLBACK = 0.5  # a guest with one, when no event comes
 INCOMING_FILE = "incoming.json"
 TLS_DIR = "tls"
 
@@ -189,6 +201,7 @@ class QemuMigration(Driver):
     config: QemuConfig
     _creds: Path | None = None
     _creds_lock: asyncio.Lock | None = None
+    _watches: dict[str, EventWatch]  # instance id -> its event monitor, while QEMU runs
 
     # -- hooks (QemuDriver) ---------------------------------------------------------------------
 
@@ -230,6 +243,36 @@ class QemuMigration(Driver):
                 self._creds = await asyncio.to_thread(build_creds_dir, self.config.tls, dest)
         return self._creds
 
+    async def _watch(self, instance_id: str) -> EventWatch | None:
+        """The guest's event watch, started if it is not running (first migration step here,
+        or an agent restarted mid-migration); None when the guest has no event monitor."""
+        watch = self._watches.get(instance_id)
+        if watch is not None and watch.alive:
+            return watch
+        sock = self._dir(instance_id) / EVENTS_SOCK
+        if not sock.exists():
+            return None
+        watch = EventWatch(instance_id, sock, self.emit)
+        try:
+            await watch.start()
+        except DriverError as exc:
+            log.warning("no QEMU events from %s: %s", instance_id, exc)
+            return None
+        self._watches[instance_id] = watch
+        return watch
+
+    async def _unwatch(self, instance_id: str) -> None:
+        watch = self._watches.pop(instance_id, None)
+        if watch is not None:
+            await watch.close()
+
+    async def _until_changed(self, watch: EventWatch | None, seen: asyncio.Event | None) -> None:
+        """Until the guest's next event (or the fallback poll), or POLL without a watch."""
+        if watch is not None and seen is not None and watch.alive:
+            await watch.wait(seen, EVENT_FALLBACK)
+        else:
+            await asyncio.sleep(POLL)
+
     def _incoming(self, instance_id: str) -> bool:
         return (self._dir(instance_id) / INCOMING_FILE).exists()
 
@@ -267,6 +310,7 @@ class QemuMigration(Driver):
             marker = json.dumps({"port": port, "params": asdict(params)})
             try:
                 await self._start_guest(spec, incoming_argv(creds), marker)
+                await self._watch(spec.id)
                 async with self._session(spec.id) as qmp:
                     await listen(qmp, params, tcp_uri(self.config.migration_listen, port))
             except BaseException:
@@ -297,7 +341,9 @@ class QemuMigration(Driver):
         """Until the incoming migration completed and QEMU left the incoming run states."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_TIMEOUT
+        watch = await self._watch(instance_id)
         while True:
+            seen = watch.current() if watch else None
             if self._pid(instance_id) is None:
                 raise DriverError(f"the incoming QEMU of {instance_id} exited: migration failed")
             info = await self._qmp(instance_id, "query-migrate")
@@ -311,7 +357,7 @@ class QemuMigration(Driver):
                     f"incoming migration of {instance_id} is still {status} ({state})"
                     f" after {SETTLE_TIMEOUT:g} s"
                 )
-            await asyncio.sleep(POLL)
+            await self._until_changed(watch, seen)
 
     # -- source ---------------------------------------------------------------------------------
 
@@ -321,6 +367,7 @@ class QemuMigration(Driver):
         async with self._lock(instance_id):
             creds = await self._tls()
             self._require_source(instance_id)
+            await self._watch(instance_id)  # before the stream: its first event is heard
             async with self._session(instance_id) as qmp:
                 status = outgoing_status(await run(qmp, "query-migrate"))
                 if status in SENDING or status in POSTCOPY:
@@ -332,6 +379,7 @@ class QemuMigration(Driver):
     async def migration_status(self, instance_id: str) -> MigrationProgress:
         if self._pid(instance_id) is None:
             raise DriverError(f"{instance_id} does not run on this host")
+        await self._watch(instance_id)  # an agent restarted mid-migration listens again
         return progress_from(await self._qmp(instance_id, "query-migrate"))
 
     async def tune_migration(
@@ -398,11 +446,14 @@ class QemuMigration(Driver):
         """Wait while the stream is still being sent or cancelled; the final outgoing status."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_TIMEOUT
-        while (status := await self._outgoing(instance_id)) in SENDING:
+        watch = await self._watch(instance_id)
+        while True:
+            seen = watch.current() if watch else None
+            if (status := await self._outgoing(instance_id)) not in SENDING:
+                return status
             if loop.time() > deadline:
                 raise DriverError(f"the migration of {instance_id} is still {status}")
-            await asyncio.sleep(POLL)
-        return status
+            await self._until_changed(watch, seen)
 
     async def _abort_destination(self, instance_id: str) -> None:
         rundir = self._dir(instance_id)

@@ -1,4 +1,4 @@
-"""What agents call: register their host, then heartbeat."""
+"""What agents call: register their host, heartbeat, and report their guests' migration events."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from ferry.protocol import (
     Heartbeat,
     HeartbeatAccepted,
     HostRegistration,
+    MigrationEvents,
+    MigrationEventsAccepted,
     RegistrationAccepted,
 )
 
@@ -35,3 +37,19 @@ async def heartbeat(
         report = functools.partial(ctl.instances.settle, guests=body.guests)
     host = await ctl.hosts.heartbeat(name, who.name, report)
     return HeartbeatAccepted(host=host.name, heartbeat_interval=ctl.settings.heartbeat_interval)
+
+
+@router.post(
+    "/hosts/{name}/migration-events",
+    response_model=MigrationEventsAccepted,
+    status_code=202,
+    responses=ERRORS,
+)
+async def migration_events(
+    ctl: Ctl, who: Agent, name: str, body: MigrationEvents
+) -> MigrationEventsAccepted:
+    """The host's hypervisor announced that these guests' migrations changed: their progress is
+    read at once rather than at the next poll."""
+    host = await ctl.hosts.require(name)
+    accepted = ctl.migration_events(host.name, [event.instance_id for event in body.events])
+    return MigrationEventsAccepted(host=host.name, accepted=accepted)
