@@ -118,12 +118,22 @@ def _seconds(m: dict[str, Any]) -> str:
     return f"{span.total_seconds():.1f}s"
 
 
+def _state(m: dict[str, Any]) -> str:
+    """The state, "abort requested" while an abort is pending, and the error if any."""
+    pending = m.get("cancel_requested") and m["state"] not in ("completed", "failed", "cancelled")
+    return (
+        styled(m["state"])
+        + (" (abort requested)" if pending else "")
+        + (f": {m['error']}" if m["error"] else "")
+    )
+
+
 def _summary(m: dict[str, Any]) -> None:
     fields(
         [
             ("migration", m["id"]),
             ("instance", f"{m['instance']}: {m['source']} -> {m['destination'] or '-'}"),
-            ("state", styled(m["state"]) + (f": {m['error']}" if m["error"] else "")),
+            ("state", _state(m)),
             (
                 "memory",
                 f"{(m['bytes_sent'] or 0) / MIB:.0f} of {(m['bytes_total'] or 0) / MIB:.0f}"
@@ -211,4 +221,4 @@ def abort(
         while m["state"] in ACTIVE:
             time.sleep(0.5)
             m = client.get(f"/v1/migrations/{m['id']}")
-    console.print(f"migration {m['id'][:8]} of {m['instance']}: {m['state']}")
+    console.print(f"migration {m['id'][:8]} of {m['instance']}: {_state(m)}")

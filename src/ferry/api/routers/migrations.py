@@ -49,6 +49,10 @@ class MigrationOut(BaseModel):
         default=None, description="QEMU's measured time from the stream's start to switchover"
     )
     error: str | None
+    cancel_requested: bool = Field(
+        default=False,
+        description="an abort was asked for: the migration ends cancelled at its next step",
+    )
     leftover: str | None = Field(
         default=None, description="source or destination: that end still holds a stale copy"
     )
