@@ -9,6 +9,7 @@ boots its own instances on host1 and deletes them wherever they end up.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ferry.lab.cluster import LabRecord
+from ferry.lab.lifecycle import start_agent
 from tests.lab.support import (
     Pinger,
     answers,
@@ -328,6 +331,46 @@ def test_controller_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -> 
         f"went on {(stream_end - killed_at).total_seconds():.1f} s after the kill"
     )
     assert m["state"] == "completed", m
+    assert stream_end > killed_at, (m, killed_at)
+    assert page(vm.ip)["boot_id"] == before["boot_id"]
+    assert_runs_only_on(lab, vm, m["destination"])
+
+
+def event_listeners(vm: Vm, host: str) -> int:
+    """Clients connected to the event monitor of `vm`'s QEMU on `host` (unix sockets are listed
+    per network namespace; an accepted connection carries its server's path, state 03)."""
+    table = subprocess.run(["ip", "netns", "exec", namespace(host), "cat", "/proc/net/unix"],
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    rows = [line.split() for line in table.splitlines()[1:]]
+    return sum(1 for row in rows if row[-1].endswith(f"/{vm.id}/events.sock") and row[5] == "03")
+
+
+def test_source_agent_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -> None:
+    """The source's agent dies mid-stream and comes back: QEMU streams on by itself; the new
+    agent re-attaches to the guest (and to its events), and the move completes."""
+    vm = boot("orphan")
+    before = page(vm.ip)
+    m = streaming(lab, start(lab, vm, "max_bandwidth_mib=4")["id"], at_least=1 * 2**20)
+    record = LabRecord.load(lab)
+    assert record is not None
+    host = next(h for h in record.hosts if h.name == "host1")
+    assert host.pid is not None
+    killed_at = datetime.now(UTC)
+    os.kill(host.pid, signal.SIGKILL)
+    # The agent's end of the event monitor closes with it.
+    wait_for("the agent to exit", lambda: event_listeners(vm, "host1") == 0 or None, 10)
+    asyncio.run(start_agent(record, host))
+    # The controller's next reading of the stream makes the new agent listen again.
+    wait_for("the new agent to listen", lambda: event_listeners(vm, "host1") or None, 30)
+    m = ended(lab, m["id"])
+    stream_end = datetime.fromisoformat(m["started_at"]) + timedelta(
+        milliseconds=m["total_time_ms"]
+    )
+    print(
+        f"\nsource agent restarted mid-migration: {m['state']} {m['error'] or ''}; the stream "
+        f"went on {(stream_end - killed_at).total_seconds():.1f} s after the kill"
+    )
+    assert m["state"] == "completed" and m["leftover"] is None, m
     assert stream_end > killed_at, (m, killed_at)
     assert page(vm.ip)["boot_id"] == before["boot_id"]
     assert_runs_only_on(lab, vm, m["destination"])
