@@ -5,8 +5,14 @@ tests/lab/test_qemu_events.py)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
+import pytest
+
+from ferry.agent.drivers import qemu_events, qemu_migration
 from ferry.agent.drivers.base import (
     GuestSpec,
     HostFacts,
@@ -16,6 +22,8 @@ from ferry.agent.drivers.base import (
 )
 from ferry.agent.drivers.fake import FakeDriver
 from ferry.agent.drivers.fake_migration import MIB
+from ferry.agent.drivers.qemu import QemuDriver
+from ferry.agent.drivers.qemu_argv import EVENTS_SOCK, QemuConfig
 from ferry.agent.drivers.qemu_events import EventWatch
 
 ID = "00000000-0000-0000-0000-000000000001"
@@ -120,3 +128,34 @@ async def test_a_cancelled_stream_announces_it_and_never_completes(tmp_path: Pat
     await asyncio.sleep(0.3)  # past the completion the model had planned
     assert [e.status for e in heard] == ["active", "cancelled"]
     assert (await driver.migration_status(ID)).status == "cancelled"
+
+
+async def test_a_silent_event_monitor_is_not_asked_again_at_every_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event monitor that accepts but never greets (a wedged QEMU) costs one connect
+    timeout, then the guest is polled without events until WATCH_RETRY has passed."""
+    monkeypatch.setattr(qemu_events, "CONNECT_TIMEOUT", 0.2)
+    short = Path(tempfile.mkdtemp(prefix="fe-"))  # a unix socket's path has 107 bytes at most
+    driver = QemuDriver(QemuConfig(short, tmp_path / "k", tmp_path / "i"))
+    rundir = short / ID
+    rundir.mkdir(parents=True)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(rundir / EVENTS_SOCK))
+    silent.listen(8)
+    try:
+        clock = asyncio.get_running_loop()
+        started = clock.time()
+        assert await driver._watch(ID) is None
+        assert clock.time() - started >= 0.2  # waited for the greeting once
+        started = clock.time()
+        assert await driver._watch(ID) is None
+        assert clock.time() - started < 0.1  # not again
+        monkeypatch.setattr(qemu_migration, "WATCH_RETRY", 0.0)
+        started = clock.time()
+        assert await driver._watch(ID) is None
+        assert clock.time() - started >= 0.2  # after WATCH_RETRY it is tried again
+    finally:
+        silent.close()
+        await driver.close()
+        shutil.rmtree(short)

@@ -79,6 +79,7 @@ QMP_TIMEOUT = 5.0
 SETTLE_TIMEOUT = 30.0  # a cancel, a switchover, the destination's last device state
 POLL = 0.05  # a guest without an event monitor
 EVENT_FALLBACK = 0.5  # a guest with one, when no event comes
+WATCH_RETRY = 30.0  # after an event monitor did not answer, seconds before trying it again
 INCOMING_FILE = "incoming.json"
 TLS_DIR = "tls"
 
@@ -202,6 +203,7 @@ class QemuMigration(Driver):
     _creds: Path | None = None
     _creds_lock: asyncio.Lock | None = None
     _watches: dict[str, EventWatch]  # instance id -> its event monitor, while QEMU runs
+    _unwatched: dict[str, float]  # instance id -> when its event monitor last did not answer
 
     # -- hooks (QemuDriver) ---------------------------------------------------------------------
 
@@ -250,18 +252,22 @@ class QemuMigration(Driver):
         if watch is not None and watch.alive:
             return watch
         sock = self._dir(instance_id) / EVENTS_SOCK
-        if not sock.exists():
-            return None
+        now = asyncio.get_running_loop().time()
+        if not sock.exists() or now - self._unwatched.get(instance_id, -WATCH_RETRY) < WATCH_RETRY:
+            return None  # a monitor that did not answer must not slow every reading down
         watch = EventWatch(instance_id, sock, self.emit)
         try:
             await watch.start()
         except DriverError as exc:
-            log.warning("no QEMU events from %s: %s", instance_id, exc)
+            log.warning("no QEMU events from %s (polling it): %s", instance_id, exc)
+            self._unwatched[instance_id] = now
             return None
+        self._unwatched.pop(instance_id, None)
         self._watches[instance_id] = watch
         return watch
 
     async def _unwatch(self, instance_id: str) -> None:
+        self._unwatched.pop(instance_id, None)
         watch = self._watches.pop(instance_id, None)
         if watch is not None:
             await watch.close()
