@@ -5,6 +5,7 @@ tests/lab/test_qemu_events.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import tempfile
@@ -158,4 +159,72 @@ async def test_a_silent_event_monitor_is_not_asked_again_at_every_reading(
     finally:
         silent.close()
         await driver.close()
+        shutil.rmtree(short)
+
+
+class OneClientMonitor:
+    """A QMP monitor that, like QEMU's, serves one client at a time (a second one waits,
+    greeted only once the first is gone), and can send events to the client it serves."""
+
+    def __init__(self) -> None:
+        version = {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""}
+        self.greeting = {"QMP": {"version": version, "capabilities": []}}
+        self.turn = asyncio.Lock()
+        self.served = 0
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with self.turn:
+            self.served += 1
+            self.writer = writer
+            writer.write(json.dumps(self.greeting).encode() + b"\r\n")
+            decoder, pending = json.JSONDecoder(), ""
+            while chunk := await reader.read(4096):  # a JSON stream, as QEMU parses it
+                pending += chunk.decode()
+                while pending.strip():
+                    try:
+                        request, end = decoder.raw_decode(pending.strip())
+                    except json.JSONDecodeError:
+                        break  # the rest of the message is still on its way
+                    pending = pending.strip()[end:]
+                    answer = {"return": {}, **({"id": request["id"]} if "id" in request else {})}
+                    writer.write(json.dumps(answer).encode() + b"\r\n")
+            self.writer = None
+            writer.close()
+
+    def event(self, name: str, data: dict[str, object]) -> None:
+        assert self.writer is not None
+        stamp = {"seconds": 0, "microseconds": 0}
+        self.writer.write(json.dumps({"event": name, "data": data, "timestamp": stamp}).encode()
+                          + b"\r\n")  # fmt: skip
+
+
+async def test_concurrent_steps_share_one_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two migration steps asking for the guest's events at once get the same watch: the
+    monitor takes one client, so a second connection would wait for a greeting that never
+    comes (regression: the loser waited out the connect timeout and was taken for a monitor
+    that does not answer)."""
+    monkeypatch.setattr(qemu_events, "CONNECT_TIMEOUT", 0.5)
+    short = Path(tempfile.mkdtemp(prefix="fe-"))
+    heard: list[MigrationEvent] = []
+    driver = QemuDriver(QemuConfig(short, tmp_path / "k", tmp_path / "i"))
+    driver.event_sink = heard.append
+    (short / ID).mkdir()
+    monitor = OneClientMonitor()
+    server = await asyncio.start_unix_server(monitor.serve, str(short / ID / EVENTS_SOCK))
+    try:
+        first, second = await asyncio.wait_for(
+            asyncio.gather(driver._watch(ID), driver._watch(ID)), 0.4
+        )
+        assert first is not None and first is second and monitor.served == 1
+        seen = first.current()
+        monitor.event("MIGRATION", {"status": "active"})
+        await asyncio.wait_for(first.wait(seen, 5), 1)
+        assert heard == [MigrationEvent(ID, "active", 0)] and first.status == "active"
+    finally:
+        await driver.close()
+        server.close()
+        await server.wait_closed()
         shutil.rmtree(short)

@@ -73,6 +73,7 @@ class QemuDriver(QemuMigration):
         self._qmp_locks: dict[str, asyncio.Lock] = {}
         self._watches: dict[str, EventWatch] = {}
         self._unwatched: dict[str, float] = {}
+        self._watch_locks: dict[str, asyncio.Lock] = {}
 
     def _dir(self, instance_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):

@@ -204,6 +204,7 @@ class QemuMigration(Driver):
     _creds_lock: asyncio.Lock | None = None
     _watches: dict[str, EventWatch]  # instance id -> its event monitor, while QEMU runs
     _unwatched: dict[str, float]  # instance id -> when its event monitor last did not answer
+    _watch_locks: dict[str, asyncio.Lock]  # one start at a time: the monitor takes one client
 
     # -- hooks (QemuDriver) ---------------------------------------------------------------------
 
@@ -248,6 +249,10 @@ class QemuMigration(Driver):
     async def _watch(self, instance_id: str) -> EventWatch | None:
         """The guest's event watch, started if it is not running (first migration step here,
         or an agent restarted mid-migration); None when the guest has no event monitor."""
+        async with self._watch_locks.setdefault(instance_id, asyncio.Lock()):
+            return await self._start_watch(instance_id)
+
+    async def _start_watch(self, instance_id: str) -> EventWatch | None:
         watch = self._watches.get(instance_id)
         if watch is not None and watch.alive:
             return watch
@@ -268,6 +273,7 @@ class QemuMigration(Driver):
 
     async def _unwatch(self, instance_id: str) -> None:
         self._unwatched.pop(instance_id, None)
+        self._watch_locks.pop(instance_id, None)
         watch = self._watches.pop(instance_id, None)
         if watch is not None:
             await watch.close()
