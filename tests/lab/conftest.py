@@ -55,7 +55,7 @@ def _qemu_alive(pid: int) -> bool:
         return False
 
 
-def _stop(pid: int, grace: float = 5.0) -> None:
+def stop_qemu(pid: int, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds; returns once the process is gone."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not _qemu_alive(pid):
@@ -194,7 +194,7 @@ class ImageGuests:
         """Kill every QEMU we started, by pid; remove the work directory."""
         pids = [guest.pid for guest in self.guests] + self.others
         for pid in pids:
-            _stop(pid)
+            stop_qemu(pid)
         shutil.rmtree(self.workdir, ignore_errors=True)
         alive = [pid for pid in pids if _qemu_alive(pid)]
         assert not alive, f"QEMU still running: {alive}"

@@ -21,7 +21,15 @@ from qemu.qmp import QMPClient
 
 from ferry.lab.image_guest import serial_tail, wait_for_ready
 from ferry.lab.image_sources import ImageError, find_kernel
-from tests.lab.conftest import QEMU, BootedGuest, ImageGuests, image_in_ns, image_run
+from tests.lab.conftest import (
+    IMAGE_BRIDGE,
+    QEMU,
+    BootedGuest,
+    ImageGuests,
+    image_in_ns,
+    image_run,
+    stop_qemu,
+)
 
 
 def _skip_reason() -> str | None:
@@ -125,3 +133,41 @@ async def test_guest_dirties_memory_at_the_requested_rate(image_guests: ImageGue
     measured = await _dirty_rate_mibps(guest.qmp_socket)
     print(f"dirtier: guest reports {status}, QEMU measures {measured} MiB/s")
     assert 10 <= measured <= 40, f"QEMU measured {measured} MiB/s for a target of 20"
+
+
+async def test_a_guest_announces_its_address_so_a_reused_ip_answers_at_once(
+    image_guests: ImageGuests,
+) -> None:
+    """A new guest on the IP of an earlier one (another MAC): its unsolicited ARP at boot
+    updates the neighbours' caches. Without it they kept the old MAC until the entry went
+    stale, and the reused IP did not answer for about 30 s (seen in the lab, where a deleted
+    instance's IP goes to the next one)."""
+    ip = "198.18.0.20/16"
+    # The bridge as on a host, where the neighbour cache outlives a guest: another port keeps
+    # its carrier up while no guest runs (a bridge that loses it flushes the cache), and it has
+    # a MAC of its own (one taken from its ports changes with them, and flushes it too).
+    ns = image_guests.ns
+    image_run("ip", "-n", ns, "link", "set", IMAGE_BRIDGE, "address", "02:00:c6:12:00:01")
+    image_run("ip", "-n", ns, "link", "add", "keep0", "type", "veth", "peer", "name", "keep1")
+    image_run("ip", "-n", ns, "link", "set", "keep1", "up")
+    image_run("ip", "-n", ns, "link", "set", "keep0", "master", IMAGE_BRIDGE, "up")
+    earlier = await image_guests.boot("fry-earlier", ip)
+    await _ready(earlier)
+    ping = image_run(*image_in_ns(image_guests.ns, "ping", "-n", "-c", "1", "-W", "2", earlier.ip))
+    assert "1 received" in ping.stdout, ping.stdout
+
+    def neighbour() -> str:
+        shown = image_run("ip", "-n", image_guests.ns, "neigh", "show", earlier.ip).stdout
+        return shown.lower()
+
+    assert earlier.mac in neighbour()
+    stop_qemu(earlier.pid)
+    later = await image_guests.boot("fry-later", ip)
+    await _ready(later)
+    for _ in range(50):  # no ping sent: only the guest's own announcement can change it
+        if later.mac in neighbour():
+            break
+        await asyncio.sleep(0.1)
+    assert later.mac in neighbour(), neighbour()
+    ping = image_run(*image_in_ns(image_guests.ns, "ping", "-n", "-c", "1", "-W", "2", later.ip))
+    assert "1 received" in ping.stdout, ping.stdout

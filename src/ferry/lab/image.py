@@ -56,9 +56,9 @@ KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.gz"
 MANIFEST_FILE = "image.json"
 APPLETS = (
-    "cat", "dd", "dmesg", "echo", "free", "hostname", "httpd", "insmod", "ip", "kill", "ls",
-    "lsmod", "mkdir", "mount", "mv", "nc", "ping", "printf", "ps", "rm", "sh", "sleep", "top",
-    "uptime", "usleep", "wget",
+    "arping", "cat", "dd", "dmesg", "echo", "free", "hostname", "httpd", "insmod", "ip", "kill",
+    "ls", "lsmod", "mkdir", "mount", "mv", "nc", "ping", "printf", "ps", "rm", "sh", "sleep",
+    "top", "uptime", "usleep", "wget",
 )  # fmt: skip
 DIRECTORIES = ("bin", "dev", "lib", MODULE_DIR, "proc", "run", "sys", WWW_DIR, f"{WWW_DIR}/cgi-bin")
 

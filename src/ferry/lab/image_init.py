@@ -132,6 +132,9 @@ hostname "$NAME"
 ip link set lo up
 ip link set eth0 up
 [ -n "$IP" ] && { ip addr add "$IP" dev eth0 || say "cannot set ferry.ip=$IP"; }
+# Unsolicited ARP: neighbours that knew this address at another MAC (an earlier instance's)
+# learn the new one now, not once their cache entry goes stale.
+[ -n "$IP" ] && arping -U -c 2 -I eth0 "${IP%/*}" >/dev/null 2>&1 &
 [ -n "$GW" ] && { ip route add default via "$GW" || say "cannot set ferry.gw=$GW"; }
 [ -n "$IP" ] || say "no ferry.ip on the kernel command line"
 
