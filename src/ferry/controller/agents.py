@@ -21,10 +21,19 @@ class AgentUnavailable(Exception):
     """The agent could not be reached or refused; the message says which and why."""
 
 
+CONNECT_TIMEOUT = 10.0
+
+
 class AgentClient:
+    """`timeout`: how long a call may take (starting an incoming QEMU, waiting out a switchover).
+    Reaching the agent (TCP and TLS) is bounded by CONNECT_TIMEOUT: a host whose network is gone
+    drops the connection attempt silently, and every migration through it would otherwise wait
+    the whole call timeout before it can be unwound or marked as waiting."""
+
     def __init__(self, tls: ssl.SSLContext | None, timeout: float = 60.0) -> None:
         self.tls = tls
-        self._http = httpx.AsyncClient(verify=tls or False, timeout=timeout) if tls else None
+        limits = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
+        self._http = httpx.AsyncClient(verify=tls or False, timeout=limits) if tls else None
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         if self._http is None:
