@@ -130,6 +130,7 @@ class Controller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks = []
+        await self.migrator.close()
         await self.notifier.close()
         await self.agents.close()
         await self.db.dispose()

@@ -179,6 +179,9 @@ def ports_for(jobs: list[Job]) -> dict[str, int]:
     return assign_ports(wanted, held)
 
 
+STRAGGLE_S = 5.0  # how long a pass waits for its migrations' steps (see MigrationReconciler)
+
+
 @dataclass
 class EventCounts:
     """Agents' migration events since the controller started (served at GET /v1/metrics)."""
@@ -194,15 +197,29 @@ class MigrationReconciler:
     a write): with many migrations in flight, polling each one on every pass would grow with
     the square of their number.
 
+    Each migration's step runs as a task of its own. A pass waits at most `straggle_s` for its
+    steps; a step still running then (an agent slow to answer a call) goes on in the background,
+    and later passes leave its migration alone until it is done, so one slow agent does not hold
+    up every other migration's steps and progress. `close()` cancels such steps at shutdown
+    (every step is idempotent: a cancelled one is repeated after a restart, like a crash).
+
     `hint`: an agent heard its hypervisor announce that a guest's migration changed (QEMU's
     MIGRATION and MIGRATION_PASS events): that migration's progress is read at its next pass,
     due or not, so a completion, a failure or a new pass is acted on within a pass of the event
     rather than a poll later."""
 
-    def __init__(self, store: Store, agents: AgentClient, poll_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        agents: AgentClient,
+        poll_s: float = 0.0,
+        straggle_s: float = STRAGGLE_S,
+    ) -> None:
         self.store = store
         self.agents = agents
         self.poll_s = poll_s
+        self.straggle_s = straggle_s
+        self._busy: dict[str, asyncio.Task[None]] = {}  # migration id -> its step still running
         self._read_at: dict[str, float] = {}  # migration id -> when its progress was read
         self._ports: dict[str, int] = {}  # this pass's ports for migrations to prepare
         self._ends: dict[str, tuple[str, str]] = {}  # instance id -> (source, destination) names
@@ -216,7 +233,23 @@ class MigrationReconciler:
         streaming = {j.migration.id for j in jobs if j.state in (_S.RUNNING, _S.POSTCOPY)}
         self._read_at = {k: v for k, v in self._read_at.items() if k in streaming}
         self.track(jobs)
-        await asyncio.gather(*(self._drive(job) for job in jobs))
+        self._busy = {ident: task for ident, task in self._busy.items() if not task.done()}
+        started = []
+        for job in jobs:
+            if job.migration.id in self._busy:
+                continue  # its previous step still waits for an agent
+            task = asyncio.create_task(self._drive(job), name=f"migration-{job.migration.id[:8]}")
+            self._busy[job.migration.id] = task
+            started.append(task)
+        if started:
+            await asyncio.wait(started, timeout=self.straggle_s)
+
+    async def close(self) -> None:
+        """Cancel the steps still running (shutdown)."""
+        for task in self._busy.values():
+            task.cancel()
+        await asyncio.gather(*self._busy.values(), return_exceptions=True)
+        self._busy = {}
 
     def track(self, jobs: list[Job]) -> None:
         """The migrations in flight, which `hint` accepts events of (each pass, or a test)."""

@@ -1,6 +1,9 @@
-"""Abort before the stream: a migration aborted while `scheduled`, or while its destination is
-being prepared, ends `cancelled` with the guest running on its source only, the destination
-cleaned and its claim released.
+"""Migration steps against agents that the tests control:
+
+- abort before the stream: a migration aborted while `scheduled`, or while its destination is
+  being prepared, ends `cancelled` with the guest running on its source only, the destination
+  cleaned and its claim released;
+- an agent slow to answer holds up its own migration only.
 
 The controller runs whole (API, loops, database); its agent calls reach two real agent apps
 (the agents' HTTP API over the fake driver) in this process, and the test runs the migration
@@ -9,7 +12,8 @@ loop's passes itself, so each abort lands in the state it names."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
@@ -38,6 +42,7 @@ class Agents(httpx.AsyncBaseTransport):
         }
         self.held: dict[str, asyncio.Event] = {}
         self.arrived: dict[str, asyncio.Event] = {}
+        self.calls: Counter[str] = Counter()  # request paths
 
     def hold(self, path_end: str) -> tuple[asyncio.Event, asyncio.Event]:
         """(arrived, release) for the next calls whose path ends with `path_end`."""
@@ -45,6 +50,7 @@ class Agents(httpx.AsyncBaseTransport):
         return self.arrived[path_end], self.held[path_end]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls[request.url.path] += 1
         for path_end, release in self.held.items():
             if request.url.path.endswith(path_end):
                 self.arrived[path_end].set()
@@ -81,9 +87,11 @@ async def cluster(api: Api) -> AsyncIterator[tuple[Api, dict[str, FakeDriver], A
     yield api, drivers, agents
 
 
-async def _migrate(api: Api) -> dict[str, Any]:
+async def _migrate(api: Api, name: str = "vm1") -> dict[str, Any]:
     operator = await api.token("operator")
-    answer = await api.call("POST", "/v1/instances/vm1/migrate", operator, json={"host": "node-2"})
+    answer = await api.call(
+        "POST", f"/v1/instances/{name}/migrate", operator, json={"host": "node-2"}
+    )
     assert answer.status_code in (200, 201, 202), answer.text
     body: dict[str, Any] = answer.json()
     return body
@@ -151,3 +159,48 @@ async def test_an_abort_while_the_destination_prepares_stops_before_the_stream(
         "migration.preparing",
         "migration.cancelled",
     ]
+
+
+async def test_an_agent_slow_to_answer_holds_up_only_its_own_migration(
+    cluster: tuple[Api, dict[str, FakeDriver], Agents],
+) -> None:
+    """A pass waits at most `straggle_s` for its steps: a step whose agent call hangs goes on
+    in the background, later passes leave that migration alone (no second call), and the
+    other migrations advance meanwhile (regression: one pass awaited every step, so a single
+    agent slow to answer held up every migration's steps and progress readings)."""
+    api, _drivers, agents = cluster
+    migrator = api.controller.migrator
+    migrator.straggle_s = 0.2
+    operator = await api.token("operator")
+    body = {"name": "vm2", "flavor": "m1", "network": "lab", "host": "node-1"}
+    assert (await api.call("POST", "/v1/instances", operator, json=body)).status_code == 201
+
+    async def state(path: str) -> str:
+        return str((await api.ok("GET", path, api.admin))["state"])
+
+    await api.eventually(lambda: _is(state("/v1/instances/vm2"), "running"))
+    slow, fast = await _migrate(api, "vm1"), await _migrate(api, "vm2")
+    incoming = f"/v1/guests/{slow['instance_id']}/incoming"
+    arrived, release = agents.hold(incoming)
+    await asyncio.wait_for(migrator.step(), 2)  # returns while vm1's destination is held
+    assert arrived.is_set()
+    for _ in range(20):  # vm2 moves on, pass after pass, while vm1's call still waits
+        if await state(f"/v1/migrations/{fast['id']}") == "completed":
+            break
+        await asyncio.wait_for(migrator.step(), 2)
+        await asyncio.sleep(0.1)
+    assert await state(f"/v1/migrations/{fast['id']}") == "completed"
+    assert await state(f"/v1/migrations/{slow['id']}") == "scheduled"
+    assert agents.calls[incoming] == 1  # the waiting step was not started again
+    release.set()
+    for _ in range(40):
+        if await state(f"/v1/migrations/{slow['id']}") == "completed":
+            break
+        await asyncio.wait_for(migrator.step(), 2)
+        await asyncio.sleep(0.1)
+    assert await state(f"/v1/migrations/{slow['id']}") == "completed"
+    assert agents.calls[incoming] == 1
+
+
+async def _is(value: Awaitable[str], wanted: str) -> bool:
+    return await value == wanted
