@@ -40,7 +40,7 @@ async def _until(watch: EventWatch, status: str) -> None:
     while watch.status != status:
         assert watch.status != "failed", "the migration failed"
         assert loop.time() < deadline, f"still {watch.status} after {TIMEOUT:g} s"
-        await watch.wait(watch.current(), deadline - loop.time())
+        await watch.changed.wait(watch.changed.current(), deadline - loop.time())
 
 
 async def test_both_ends_hear_the_migration_as_it_happens(
@@ -89,13 +89,13 @@ async def test_both_ends_hear_the_migration_as_it_happens(
         )
 
         # The source QEMU quits: its watch ends by itself, and wakes whoever waits on it.
-        seen = watches["source"].current()
+        seen = watches["source"].changed.current()
         quitter = await connect(spec.id, str(source / "qmp.sock"))
         with contextlib.suppress(Exception):  # QEMU may close the socket before it answers
             await quitter.execute("quit")
         with contextlib.suppress(Exception):
             await quitter.disconnect()
-        await asyncio.wait_for(watches["source"].wait(seen, TIMEOUT), TIMEOUT)
+        await asyncio.wait_for(watches["source"].changed.wait(seen, TIMEOUT), TIMEOUT)
         for _ in range(100):
             if not watches["source"].alive:
                 break

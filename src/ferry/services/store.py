@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,28 +14,13 @@ from ferry.db.database import Database
 from ferry.db.models import Event
 from ferry.domain.errors import Conflict
 from ferry.domain.events import EventKind
+from ferry.wakeup import Wakeup
 
 
-class EventBus:
+class EventBus(Wakeup):
     """In-process wake-up signal: the controller is the only writer, so every committed change
     passes through here. Listeners take `current()` before they read, then `wait()` on it, so no
     notification between their read and their wait is lost."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        return self._event
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    @staticmethod
-    async def wait(seen: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await seen.wait()
 
 
 class Store:

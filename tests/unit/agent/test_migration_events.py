@@ -61,19 +61,19 @@ async def test_the_watch_keeps_status_and_passes_and_emits_migration_events() ->
 async def test_any_event_wakes_a_waiter_and_none_lets_it_time_out() -> None:
     watch = _watch([])
     clock = asyncio.get_running_loop()
-    seen = watch.current()
+    seen = watch.changed.current()
     started = clock.time()
-    await watch.wait(seen, 0.05)  # nothing came: the fallback
+    await watch.changed.wait(seen, 0.05)  # nothing came: the fallback
     assert clock.time() - started >= 0.045
-    seen = watch.current()
-    waiter = asyncio.create_task(watch.wait(seen, 5.0))
+    seen = watch.changed.current()
+    waiter = asyncio.create_task(watch.changed.wait(seen, 5.0))
     await asyncio.sleep(0.01)
     watch.hear("RESUME", {})  # an arriving guest starts: not a migration event, still news
     await asyncio.wait_for(waiter, 0.5)
     # Taken before an event that came before the wait: the wait returns at once.
-    seen = watch.current()
+    seen = watch.changed.current()
     watch.hear("STOP", {})
-    await asyncio.wait_for(watch.wait(seen, 5.0), 0.1)
+    await asyncio.wait_for(watch.changed.wait(seen, 5.0), 0.1)
 
 
 async def test_a_sink_that_fails_does_not_break_the_driver(tmp_path: Path) -> None:
@@ -219,9 +219,9 @@ async def test_concurrent_steps_share_one_watch(
             asyncio.gather(driver._watch(ID), driver._watch(ID)), 0.4
         )
         assert first is not None and first is second and monitor.served == 1
-        seen = first.current()
+        seen = first.changed.current()
         monitor.event("MIGRATION", {"status": "active"})
-        await asyncio.wait_for(first.wait(seen, 5), 1)
+        await asyncio.wait_for(first.changed.wait(seen, 5), 1)
         assert heard == [MigrationEvent(ID, "active", 0)] and first.status == "active"
     finally:
         await driver.close()

@@ -26,6 +26,7 @@ from qemu.qmp import ConnectError, QMPClient, QMPError, Runstate
 from qemu.qmp.qmp_client import NegotiationError
 
 from ferry.agent.drivers.base import DriverError, MigrationEvent
+from ferry.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class EventWatch:
         self.status = "none"  # the last MIGRATION status heard
         self.passes = 0  # the last MIGRATION_PASS heard (reset when a migration sets up)
         self.heard = 0  # events of any kind
-        self._changed = asyncio.Event()
+        # Set by any event, and when the watch ends. Take `changed.current()` before reading the
+        # guest's state, then `changed.wait()` on it: an event in between is not lost.
+        self.changed = Wakeup()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -83,17 +86,6 @@ class EventWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def current(self) -> asyncio.Event:
-        """Take before reading the guest's state, then `wait` on it: an event between the
-        reading and the wait is not lost."""
-        return self._changed
-
-    @staticmethod
-    async def wait(seen: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await seen.wait()
-
     async def _listen(self, client: QMPClient) -> None:
         reader = asyncio.ensure_future(self._consume(client))
         closed = asyncio.ensure_future(_until_closed(client))
@@ -106,7 +98,7 @@ class EventWatch:
                     await task
             with contextlib.suppress(Exception):  # the peer is gone, or we are cancelled
                 await client.disconnect()
-            self._wake()  # waiters fall back to reading the guest's state
+            self.changed.notify()  # waiters fall back to reading the guest's state
 
     async def _consume(self, client: QMPClient) -> None:
         async for message in client.events:
@@ -124,11 +116,7 @@ class EventWatch:
         elif name == "MIGRATION_PASS":
             self.passes = int(data.get("pass", 0))
             self._emit(MigrationEvent(self.instance_id, self.status, self.passes))
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.changed.notify()
 
 
 async def _until_closed(client: QMPClient) -> None:

@@ -281,7 +281,7 @@ class QemuMigration(Driver):
     async def _until_changed(self, watch: EventWatch | None, seen: asyncio.Event | None) -> None:
         """Until the guest's next event (or the fallback poll), or POLL without a watch."""
         if watch is not None and seen is not None and watch.alive:
-            await watch.wait(seen, EVENT_FALLBACK)
+            await watch.changed.wait(seen, EVENT_FALLBACK)
         else:
             await asyncio.sleep(POLL)
 
@@ -355,7 +355,7 @@ class QemuMigration(Driver):
         deadline = loop.time() + SETTLE_TIMEOUT
         watch = await self._watch(instance_id)
         while True:
-            seen = watch.current() if watch else None
+            seen = watch.changed.current() if watch else None
             if self._pid(instance_id) is None:
                 raise DriverError(f"the incoming QEMU of {instance_id} exited: migration failed")
             info = await self._qmp(instance_id, "query-migrate")
@@ -460,7 +460,7 @@ class QemuMigration(Driver):
         deadline = loop.time() + SETTLE_TIMEOUT
         watch = await self._watch(instance_id)
         while True:
-            seen = watch.current() if watch else None
+            seen = watch.changed.current() if watch else None
             if (status := await self._outgoing(instance_id)) not in SENDING:
                 return status
             if loop.time() > deadline:
