@@ -20,6 +20,7 @@ from ferry.api.app import create_app
 from ferry.config import load_controller_settings
 from ferry.controller.runtime import Controller
 from ferry.db.models import Host, Instance
+from ferry.orchestrator.loop import ReconcileLoop
 
 T = TypeVar("T")
 RECONCILE_INTERVAL = 0.05
@@ -70,6 +71,15 @@ class Api:
         controller = self.app.state.controller
         assert isinstance(controller, Controller)
         return controller
+
+    async def stop_loop(self, name: str) -> ReconcileLoop:
+        """Stop the controller's reconcile loop `name` (its pass in progress ends first), for a
+        test that runs its passes itself; the loop."""
+        loop = next(loop for loop in self.controller.loops if loop.name == name)
+        loop.stop()
+        tasks = [t for t in self.controller._tasks if t.get_name() == name]
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return loop
 
     async def call(
         self, method: str, url: str, token: Token | None, **kwargs: Any

@@ -4,7 +4,6 @@ them (coalescing per guest, dropping what the controller refuses)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -26,9 +25,7 @@ def _body(*ids: str, status: str = "active") -> dict[str, Any]:
 async def _in_flight(api: Api, instance_id: str, source: str, dest: str) -> None:
     """As the migration loop's last pass saw it: one migration of `instance_id` in flight (the
     loop is stopped first, so that no pass of an empty database forgets it)."""
-    api.controller.migration_loop.stop()
-    loops = [t for t in api.controller._tasks if t.get_name() == "migrations"]
-    await asyncio.wait_for(asyncio.gather(*loops), 5)
+    await api.stop_loop("migrations")
     job = Job(
         Migration(id="m1", state="running"),
         Instance(id=instance_id),

@@ -81,9 +81,7 @@ async def cluster(api: Api) -> AsyncIterator[tuple[Api, dict[str, FakeDriver], A
         return bool((await api.ok("GET", "/v1/instances/vm1", api.admin))["state"] == "running")
 
     await api.eventually(running)
-    api.controller.migration_loop.stop()
-    loops = [t for t in api.controller._tasks if t.get_name() == "migrations"]
-    await asyncio.wait_for(asyncio.gather(*loops), 5)
+    await api.stop_loop("migrations")
     yield api, drivers, agents
 
 
@@ -175,32 +173,36 @@ async def test_an_agent_slow_to_answer_holds_up_only_its_own_migration(
     body = {"name": "vm2", "flavor": "m1", "network": "lab", "host": "node-1"}
     assert (await api.call("POST", "/v1/instances", operator, json=body)).status_code == 201
 
-    async def state(path: str) -> str:
-        return str((await api.ok("GET", path, api.admin))["state"])
-
-    await api.eventually(lambda: _is(state("/v1/instances/vm2"), "running"))
+    await api.eventually(lambda: _is(_state(api, "/v1/instances/vm2"), "running"))
     slow, fast = await _migrate(api, "vm1"), await _migrate(api, "vm2")
     incoming = f"/v1/guests/{slow['instance_id']}/incoming"
     arrived, release = agents.hold(incoming)
     await asyncio.wait_for(migrator.step(), 2)  # returns while vm1's destination is held
     assert arrived.is_set()
-    for _ in range(20):  # vm2 moves on, pass after pass, while vm1's call still waits
-        if await state(f"/v1/migrations/{fast['id']}") == "completed":
-            break
-        await asyncio.wait_for(migrator.step(), 2)
-        await asyncio.sleep(0.1)
-    assert await state(f"/v1/migrations/{fast['id']}") == "completed"
-    assert await state(f"/v1/migrations/{slow['id']}") == "scheduled"
+    # vm2 moves on, pass after pass, while vm1's call still waits.
+    assert await _passes_until_completed(api, fast["id"], 20)
+    assert await _state(api, f"/v1/migrations/{slow['id']}") == "scheduled"
     assert agents.calls[incoming] == 1  # the waiting step was not started again
     release.set()
-    for _ in range(40):
-        if await state(f"/v1/migrations/{slow['id']}") == "completed":
-            break
-        await asyncio.wait_for(migrator.step(), 2)
-        await asyncio.sleep(0.1)
-    assert await state(f"/v1/migrations/{slow['id']}") == "completed"
+    assert await _passes_until_completed(api, slow["id"], 40)
     assert agents.calls[incoming] == 1
 
 
 async def _is(value: Awaitable[str], wanted: str) -> bool:
     return await value == wanted
+
+
+async def _passes_until_completed(api: Api, migration_id: str, passes: int) -> bool:
+    """Run migration passes (each bounded by 2 s) until the migration completed, at most
+    `passes` of them; whether it did."""
+    path = f"/v1/migrations/{migration_id}"
+    for _ in range(passes):
+        if await _state(api, path) == "completed":
+            return True
+        await asyncio.wait_for(api.controller.migrator.step(), 2)
+        await asyncio.sleep(0.1)
+    return await _state(api, path) == "completed"
+
+
+async def _state(api: Api, path: str) -> str:
+    return str((await api.ok("GET", path, api.admin))["state"])

@@ -141,9 +141,7 @@ async def test_one_pass_starts_instances_of_different_hosts_in_parallel(api: Api
         caps = {**CAPS, "networks": ["lab"]}
         url = f"https://{name}.invalid:1"
         assert (await api.register(name, capabilities=caps, agent_url=url)).status_code == 200
-    loop = next(loop for loop in api.controller.loops if loop.name == "instances")
-    loop.stop()  # this test runs the passes itself
-    await asyncio.sleep(0.2)
+    loop = await api.stop_loop("instances")  # this test runs the passes itself
     reconciler: InstanceReconciler = loop.step.__self__  # type: ignore[attr-defined]
     released = asyncio.Event()
 
@@ -250,9 +248,7 @@ async def test_starts_that_finish_while_the_write_is_busy_are_recorded_together(
         caps = {**CAPS, "networks": ["lab"]}
         url = f"https://{name}.invalid:1"
         assert (await api.register(name, capabilities=caps, agent_url=url)).status_code == 200
-    loop = next(loop for loop in api.controller.loops if loop.name == "instances")
-    loop.stop()  # this test runs the pass itself
-    await asyncio.sleep(0.2)
+    loop = await api.stop_loop("instances")  # this test runs the pass itself
     reconciler: InstanceReconciler = loop.step.__self__  # type: ignore[attr-defined]
     spawned: list[str] = []
 
