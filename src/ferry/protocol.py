@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -45,6 +45,7 @@ class Capabilities(BaseModel):
     cpu_model: Label
     qemu_version: Label
     machine_type: Label
+    accelerator: Literal["kvm", "tcg"] = "tcg"
     networks: list[NetworkName] = Field(default_factory=list, max_length=256)
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ import pytest
 from tests.api.conftest import Api, registration
 
 INVENTORY = registration()["inventory"]
-CAPABILITIES = registration()["capabilities"]
+CAPABILITIES = {**registration()["capabilities"], "accelerator": "tcg"}  # tcg unless reported
 
 
 async def _names(api: Api, **params: Any) -> list[str]:
@@ -111,7 +111,19 @@ INVALID_REGISTRATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "no vcpus": ({"inventory": {**INVENTORY, "vcpus": 0}}, "inventory.vcpus"),
     "bad address": ({"management_address": "10.0.0.1; reboot"}, "management_address"),
     "bad network name": ({"capabilities": {**CAPABILITIES, "networks": ["net\n"]}}, "networks"),
+    "unknown accelerator": (
+        {"capabilities": {**CAPABILITIES, "accelerator": "hvf"}},
+        "capabilities.accelerator: Input should be 'kvm' or 'tcg'",
+    ),
 }
+
+
+async def test_the_accelerator_follows_each_registration(api: Api) -> None:
+    """A host that probed KVM says so; after a reboot into TCG (KVM gone) it says that."""
+    for accel in ("kvm", "tcg"):
+        caps = {**CAPABILITIES, "accelerator": accel}
+        assert (await api.register("node-1", capabilities=caps)).status_code == 200
+        assert (await api.host("node-1"))["capabilities"]["accelerator"] == accel
 
 
 async def test_invalid_registration(api: Api, subtests: pytest.Subtests) -> None:

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ferry.protocol import Address, HostName, Inventory, NetworkName
 
@@ -20,6 +20,11 @@ class TlsSettings(BaseModel):
     controller_cert: Path = Field(description="the only client certificate the agent accepts")
 
 
+# CPU models that expose the host's own CPU: a guest started with one can move only to an
+# identical CPU, and QEMU refuses to migrate `host` guests at all. Hosts name a model instead.
+UNMIGRATABLE_CPU_MODELS = frozenset({"host", "max"})
+
+
 class QemuSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +32,25 @@ class QemuSettings(BaseModel):
     initrd: Path
     bridge: str = "br-inst"
     binary: str = "qemu-system-x86_64"
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        default="auto", description="auto: KVM when the probe runs a guest on it, else TCG"
+    )
+    cpu_model: str = Field(
+        default="qemu64",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="a named CPU model, the same on every host a guest may move between",
+    )
+    machine_type: str = Field(default="pc-q35-7.2", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+    @field_validator("cpu_model")
+    @classmethod
+    def _migratable(cls, value: str) -> str:
+        if value in UNMIGRATABLE_CPU_MODELS:
+            raise ValueError(
+                f"{value!r} passes the host CPU through and cannot live-migrate; name a model "
+                "every host of the cluster supports (qemu64, Haswell-noTSX, EPYC-Rome, ...)"
+            )
+        return value
 
 
 class AgentSettings(BaseModel):

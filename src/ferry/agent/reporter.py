@@ -34,6 +34,7 @@ async def registration(settings: AgentSettings, driver: Driver) -> HostRegistrat
             cpu_model=facts.cpu_model,
             qemu_version=facts.qemu_version,
             machine_type=facts.machine_type,
+            accelerator="kvm" if facts.accelerator == "kvm" else "tcg",
             networks=settings.networks,
         ),
         agent_version=__version__,

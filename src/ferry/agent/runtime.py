@@ -9,6 +9,7 @@ import ssl
 import uvicorn
 
 from ferry.agent.config import AgentSettings
+from ferry.agent.drivers import kvm_probe
 from ferry.agent.drivers.base import Driver, HostFacts
 from ferry.agent.drivers.fake import FakeDriver
 from ferry.agent.reporter import Reporter
@@ -19,7 +20,8 @@ from ferry.pki.tls import ssl_context_client, ssl_context_server_pinned
 log = logging.getLogger(__name__)
 
 
-def make_driver(settings: AgentSettings) -> Driver:
+def make_driver(settings: AgentSettings, accel: str = "tcg") -> Driver:
+    """The host's driver; `accel` is the QEMU driver's accelerator, as `choose_accel` found."""
     if settings.driver == "fake":
         inv = settings.inventory
         facts = HostFacts(
@@ -44,6 +46,9 @@ def make_driver(settings: AgentSettings) -> Driver:
             q.initrd,
             q.bridge,
             q.binary,
+            machine_type=q.machine_type,
+            cpu_model=q.cpu_model,
+            accel=accel,
             tls=TlsFiles(tls.ca, tls.cert, tls.key),
             migration_listen=settings.migration_address,
         )
@@ -55,8 +60,25 @@ async def serve_all(all_settings: list[AgentSettings]) -> None:
     await asyncio.gather(*(serve(settings) for settings in all_settings))
 
 
+async def accelerator(settings: AgentSettings) -> str:
+    """kvm or tcg for the QEMU driver: as configured, or probed for `auto` (logged either way)."""
+    if settings.qemu is None:
+        return "tcg"
+    q = settings.qemu
+    result = await kvm_probe.probe(q.binary) if q.accel != "tcg" else None
+    accel = kvm_probe.decide(q.accel, result)
+    log.info(
+        "%s: accelerator %s (configured %s%s)",
+        settings.name,
+        accel,
+        q.accel,
+        f"; probe: {result.reason}" if result else "",
+    )
+    return accel
+
+
 async def serve(settings: AgentSettings) -> None:
-    driver = make_driver(settings)
+    driver = make_driver(settings, await accelerator(settings))
     tls = settings.tls
     server_tls: ssl.SSLContext = ssl_context_server_pinned(
         cert=tls.cert, key=tls.key, peer=tls.controller_cert

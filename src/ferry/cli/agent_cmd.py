@@ -169,6 +169,7 @@ def serve(
     import logging  # noqa: PLC0415
 
     from ferry.agent.config import AgentConfigError, load_agent_settings  # noqa: PLC0415
+    from ferry.agent.drivers.kvm_probe import KvmUnusable  # noqa: PLC0415
     from ferry.agent.runtime import serve_all  # noqa: PLC0415
 
     logging.basicConfig(
@@ -180,5 +181,8 @@ def serve(
         raise CliError(str(exc)) from exc
     if len(settings) > 1 and any(s.driver != "fake" for s in settings):
         raise CliError("only simulated (fake) hosts can share one agent process")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_all(settings))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_all(settings))
+    except KvmUnusable as exc:
+        raise CliError(str(exc)) from exc

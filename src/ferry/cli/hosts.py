@@ -93,7 +93,8 @@ def _show(host: dict[str, Any]) -> None:
             ),
             (
                 "cpu / machine",
-                f"{caps['cpu_model']} / {caps['machine_type']}, QEMU {caps['qemu_version']}",
+                f"{caps['cpu_model']} / {caps['machine_type']}, QEMU {caps['qemu_version']}, "
+                f"{caps.get('accelerator', 'tcg').upper()}",
             ),
             ("networks", ", ".join(caps["networks"]) or "-"),
             ("instances", host["instances"]),

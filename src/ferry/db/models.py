@@ -46,6 +46,7 @@ class Host(Base):
     cpu_model: Mapped[str] = mapped_column(String(64))
     qemu_version: Mapped[str] = mapped_column(String(32))
     machine_type: Mapped[str] = mapped_column(String(64))
+    accelerator: Mapped[str] = mapped_column(String(8), default="tcg", server_default="tcg")
     networks: Mapped[list[Any]] = mapped_column(default=list)
     agent_version: Mapped[str] = mapped_column(String(32), default="")
     agent_url: Mapped[str | None] = mapped_column(String(128))

@@ -101,6 +101,7 @@ def agent_config(
     driver: str,
     image: tuple[Path, Path] | None,
     bridge: str,
+    accel: str = "tcg",
 ) -> Path:
     pki = lab_dir / "pki"
     issued = pki / "issued" / host.name
@@ -130,6 +131,7 @@ def agent_config(
             f'kernel = "{image[0]}"',
             f'initrd = "{image[1]}"',
             f'bridge = "{bridge}"',
+            f'accel = "{accel}"',
         ]
     path = lab_dir / "hosts" / host.name / "agent.toml"
     path.parent.mkdir(parents=True, exist_ok=True)

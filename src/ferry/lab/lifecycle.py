@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from ferry.agent.drivers import kvm_probe
 from ferry.lab import net
 from ferry.lab.cluster import (
     CONTROLLER_PORT,
@@ -104,7 +105,8 @@ async def up(opts: LabOptions, say: Say) -> LabRecord:
     api = ControllerApi(record)
     await wait_for(api.healthy, "the controller", 30)
     say(f"controller: {record.controller_url} (pid {record.controller_pid})")
-    await _start_agents(record, api, plan, image)
+    accel = await lab_accelerator(say) if plan else "tcg"
+    await _start_agents(record, api, plan, image, accel)
     await wait_for(lambda: _all_up(api, len(hosts)), f"{len(hosts)} hosts to register", 60)
     say(f"agents: {', '.join(h.name for h in hosts)} registered")
     await api.call("POST", "/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128})
@@ -143,6 +145,15 @@ async def _prepare_image(lab_dir: Path, say: Say) -> tuple[Path, Path]:
     image = await asyncio.to_thread(build_image, lab_dir / "image")
     say(f"image: {image.kernel.name} + {image.initrd.name} ({image.kernel_version})")
     return image.kernel, image.initrd
+
+
+async def lab_accelerator(say: Say) -> str:
+    """Every lab host is this machine: the KVM probe runs once, and each agent is told its
+    result (`accel`), instead of each agent probing at every start."""
+    result = await kvm_probe.probe()
+    accel = kvm_probe.decide("auto", result)
+    say(f"accelerator: {accel} ({result.reason})")
+    return accel
 
 
 def heartbeat_interval(hosts: int) -> int:
@@ -185,7 +196,11 @@ FAKE_HOSTS_PER_PROCESS = 50
 
 
 async def _start_agents(
-    record: LabRecord, api: ControllerApi, plan: LabNetPlan | None, image: tuple[Path, Path] | None
+    record: LabRecord,
+    api: ControllerApi,
+    plan: LabNetPlan | None,
+    image: tuple[Path, Path] | None,
+    accel: str,
 ) -> None:
     """One agent process per real host (inside its namespace); simulated hosts share processes,
     FAKE_HOSTS_PER_PROCESS each, so a 500-host lab costs ten processes, not five hundred."""
@@ -195,7 +210,9 @@ async def _start_agents(
         token = await api.call(
             "POST", "/v1/tokens", json={"name": f"agent-{host.name}", "role": "agent"}
         )
-        config = agent_config(lab_dir, host, record.controller_url, record.driver, image, "br-inst")
+        config = agent_config(
+            lab_dir, host, record.controller_url, record.driver, image, "br-inst", accel
+        )
         (config.parent / "agent.token").write_text(token["secret"])
         configs.append((host, config))
     per_process = 1 if plan is not None else FAKE_HOSTS_PER_PROCESS

@@ -60,12 +60,14 @@ class Group:
 
 @dataclass(frozen=True)
 class Traits:
-    """What must match for a running guest to move: pinned CPU model and machine type, and a
-    QEMU at least as new as the source's."""
+    """What must match for a running guest to move: pinned CPU model, machine type and
+    accelerator (KVM and TCG guests do not migrate into each other), and a QEMU at least as new
+    as the source's."""
 
     cpu_model: str
     machine_type: str
     qemu_version: str
+    accelerator: str = "tcg"
 
 
 @dataclass(frozen=True)

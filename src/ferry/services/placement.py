@@ -59,6 +59,8 @@ class HostSizing(Protocol):
     def machine_type(self) -> str: ...
     @property
     def qemu_version(self) -> str: ...
+    @property
+    def accelerator(self) -> str: ...
 
 
 def capacity(host: HostSizing) -> Resources:
@@ -70,7 +72,7 @@ def capacity(host: HostSizing) -> Resources:
 
 
 def traits(host: HostSizing) -> Traits:
-    return Traits(host.cpu_model, host.machine_type, host.qemu_version)
+    return Traits(host.cpu_model, host.machine_type, host.qemu_version, host.accelerator)
 
 
 # What `candidates` reads of each host, by name. The networks come as their JSON text: most hosts
@@ -90,6 +92,7 @@ _CANDIDATE_COLUMNS = (
     Host.cpu_model,
     Host.machine_type,
     Host.qemu_version,
+    Host.accelerator,
     cast(Host.networks, String).label("networks"),
     Host.last_heartbeat_at,
     Host.liveness_seen,

@@ -53,6 +53,8 @@ def test_tcg_ram_is_off_the_256_kib_grid_and_kvm_ram_is_the_flavor() -> None:
     assert kib % 8 == 0  # QEMU rounds RAM up to 8 KiB: the size asked is the size given
     kvm = QemuConfig(CONFIG.run_dir, CONFIG.kernel, CONFIG.initrd, accel="kvm")
     assert option(guest_argv(kvm, spec(), RUNDIR, ["tap0", "tap1"]), "-m") == ["512"]
+    assert option(guest_argv(kvm, spec(), RUNDIR, ["tap0", "tap1"]), "-accel") == ["kvm"]
+    assert option(guest_argv(CONFIG, spec(), RUNDIR, ["tap0", "tap1"]), "-accel") == ["tcg"]
 
 
 def test_config_overrides_machine_and_cpu() -> None:

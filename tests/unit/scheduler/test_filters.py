@@ -25,7 +25,7 @@ BAD_HOSTS: dict[str, Candidate] = {
     "not enough free RAM": host("noram", used=Resources(0, 30721, 0)),
     "not enough free vCPU": host("nocpu", used=Resources(15, 0, 0)),
     "not enough free disk": host("nodisk", used=Resources(0, 0, 481)),
-    "CPU model, machine type or QEMU version incompatible": host(
+    "CPU model, machine type, accelerator or QEMU version incompatible": host(
         "oldqemu", traits=replace(TRAITS, qemu_version="8.1.0")
     ),
 }
@@ -77,6 +77,7 @@ def test_new_instances_carry_no_traits_and_pass_any_host() -> None:
         (replace(TRAITS, qemu_version="8.2.1"), False),  # backwards is not
         (replace(TRAITS, cpu_model="host"), False),
         (replace(TRAITS, machine_type="pc-q35-9.0"), False),
+        (replace(TRAITS, accelerator="kvm"), False),  # a TCG guest's state does not load in KVM
     ],
 )
 def test_compatibility_with_the_source(have: Traits, passes: bool) -> None:

@@ -76,6 +76,7 @@ class HostFacts:
     cpu_model: str
     qemu_version: str
     machine_type: str
+    accelerator: str = "tcg"  # kvm or tcg, as the driver runs its guests
 
 
 @dataclass(frozen=True)

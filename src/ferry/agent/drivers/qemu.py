@@ -100,6 +100,7 @@ class QemuDriver(QemuMigration):
             cpu_model=self.config.cpu_model,
             qemu_version=match.group(1).decode() if match else "unknown",
             machine_type=self.config.machine_type,
+            accelerator=self.config.accel,
         )
 
     async def spawn(self, spec: GuestSpec) -> GuestStatus:

@@ -1,6 +1,6 @@
-"""A running guest moves only to a host with its pinned CPU model and machine type and a QEMU
-at least as new as its source's (QEMU migrates forwards, not backwards). New instances carry no
-traits and pass."""
+"""A running guest moves only to a host with its pinned CPU model, machine type and accelerator
+and a QEMU at least as new as its source's (QEMU migrates forwards, not backwards; a KVM guest's
+CPU state does not load under TCG, nor the reverse). New instances carry no traits and pass."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def version_key(version: str) -> tuple[int, ...]:
 
 class Compatibility:
     name = "compatibility"
-    reason = "CPU model, machine type or QEMU version incompatible"
+    reason = "CPU model, machine type, accelerator or QEMU version incompatible"
     static = True
 
     def passes(self, host: Candidate, request: Request) -> bool:
@@ -31,6 +31,7 @@ class Compatibility:
         return (
             have.cpu_model == want.cpu_model
             and have.machine_type == want.machine_type
+            and have.accelerator == want.accelerator
             and version_key(have.qemu_version) >= version_key(want.qemu_version)
         )
 

@@ -52,7 +52,7 @@ function stateFacts(host) {
     h("dt", {}, "Addresses"),
     h("dd", {}, `management ${host.management_address}, migration ${host.migration_address}`),
     h("dt", {}, "Platform"),
-    h("dd", {}, `${host.capabilities.cpu_model}, ${host.capabilities.machine_type}, QEMU ${host.capabilities.qemu_version}, agent ${host.agent_version}`),
+    h("dd", {}, `${host.capabilities.cpu_model}, ${host.capabilities.machine_type}, QEMU ${host.capabilities.qemu_version} (${host.capabilities.accelerator.toUpperCase()}), agent ${host.agent_version}`),
   );
 }
 
