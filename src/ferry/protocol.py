@@ -100,6 +100,34 @@ class PortIn(BaseModel):
     gateway: str | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ImageRef(BaseModel):
+    """An image of the controller's catalog, as an agent fetches and checks it
+    (`GET /v1/agent/images/{id}/file`, agent-role token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[0-9a-f-]{36}$")
+    name: str = Field(max_length=63)
+    format: Literal["qcow2", "raw"]
+    size_bytes: int = Field(ge=1, description="the file's size, as stored")
+    virtual_size_bytes: int = Field(ge=1)
+    sha256: Sha256
+
+
+class DiskIn(BaseModel):
+    """An instance's root disk: a qcow2 overlay on `image`, of `size_bytes` (virtual), in the
+    host's instance storage (the agent's [storage]; the same file on every host of a shared
+    pool)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageRef
+    size_bytes: int = Field(ge=1)
+
+
 class GuestSpecIn(BaseModel):
     """What the controller asks an agent to start."""
 
@@ -111,6 +139,7 @@ class GuestSpecIn(BaseModel):
     ram_mb: int = Field(ge=64, le=1024 * 1024)
     ports: list[PortIn] = Field(default_factory=list, max_length=8)
     dirty_rate_mbps: int = Field(default=0, ge=0, le=10_000)
+    disk: DiskIn | None = Field(default=None, description="None: boots without a disk")
 
 
 class RegistrationAccepted(BaseModel):
