@@ -49,7 +49,7 @@ say() { echo "ferry-init: $*"; }
 load() { insmod "/lib/modules/$1.ko" || say "insmod $1 failed"; }
 """
 
-INIT_BODY = r"""
+CMDLINE_CONFIG = r"""
 NAME=guest IP= GW= DIRTY=0 BUF=/dev/shm/dirty PAT=/dev/shm/pattern
 read -r CMDLINE < /proc/cmdline
 for arg in $CMDLINE; do
@@ -62,7 +62,10 @@ for arg in $CMDLINE; do
 done
 case "$NAME" in ''|*[!A-Za-z0-9._-]*) say "invalid ferry.name, using 'guest'"; NAME=guest ;; esac
 case "$DIRTY" in ''|*[!0-9]*) say "invalid ferry.dirty=$DIRTY, staying idle"; DIRTY=0 ;; esac
+"""
 
+# The memory-dirtying workload (the module docstring); needs DIRTY, BUF and PAT set.
+DIRTY_FUNCS = r"""
 now_cs() { read -r up _ < /proc/uptime; NOW=$(( ${up%.*} * 100 + 1${up#*.} - 100 )); }
 
 dirty_status() {
@@ -124,7 +127,9 @@ dirty_loop() {
         [ $NOW -lt $next ] && usleep $(( (next - NOW) * 10000 ))
     done
 }
+"""
 
+CMDLINE_NET = r"""
 i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 50000; i=$(( i + 1 )); done
 [ -e /sys/class/net/eth0 ] || say "no eth0 (is there a virtio-net-pci device?)"
@@ -169,4 +174,5 @@ def render_init(modules: Sequence[str], builtin: Sequence[str] = ()) -> str:
     if builtin:
         lines.append(f"# built into this kernel, not loaded: {' '.join(builtin)}")
     lines += [f"load {name}" for name in modules]
-    return "\n".join(lines) + "\n" + INIT_BODY.replace("READY_MARKER", READY_MARKER)
+    body = CMDLINE_CONFIG + DIRTY_FUNCS + CMDLINE_NET
+    return "\n".join(lines) + "\n" + body.replace("READY_MARKER", READY_MARKER)
