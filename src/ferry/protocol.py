@@ -140,6 +140,7 @@ class GuestSpecIn(BaseModel):
     ports: list[PortIn] = Field(default_factory=list, max_length=8)
     dirty_rate_mbps: int = Field(default=0, ge=0, le=10_000)
     disk: DiskIn | None = Field(default=None, description="None: boots without a disk")
+    disk_write_kibps: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class RegistrationAccepted(BaseModel):

@@ -6,7 +6,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ferry.protocol import Address, HostName, Inventory, NetworkName
 
@@ -53,6 +60,47 @@ class QemuSettings(BaseModel):
         return value
 
 
+class StorageSettings(BaseModel):
+    """Where instance disks live. `local`: this host's own directory. `shared`: a directory
+    every host of the pool mounts at the same path (NFS, CephFS, ...): a disk there is the same
+    file on each of them, so a live migration moves RAM only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "shared"] = "local"
+    path: Path = Field(description="the instance disks' directory (one subdirectory each)")
+    pool: str = Field(
+        default="",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,62})?$",
+        description="shared: the pool's name, the same on every host that mounts it",
+    )
+    image_cache: Path = Field(description="this host's verified copies of catalog images")
+
+    @model_validator(mode="after")
+    def _pool_named(self) -> StorageSettings:
+        if self.kind == "shared" and not self.pool:
+            raise ValueError("shared storage needs the pool's name (pool = ...)")
+        if self.kind == "local" and self.pool:
+            raise ValueError("pool is for shared storage only")
+        return self
+
+
+class DhcpSettings(BaseModel):
+    """This host's DHCP server on an instance network (dnsmasq on the instance bridge): every
+    host serves the fixed leases of every port of the network, so a guest renews its lease
+    whichever host is down or drained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network: NetworkName
+    address: str = Field(
+        pattern=r"^\d+\.\d+\.\d+\.\d+/\d+$",
+        description="ADDR/PREFIX of this host's DHCP server on the network's bridge",
+    )
+    lease_s: int = Field(default=3600, ge=120, le=86400)
+    binary: str = "dnsmasq"
+
+
 class AgentSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,6 +118,16 @@ class AgentSettings(BaseModel):
     )
     tls: TlsSettings
     qemu: QemuSettings | None = None
+    storage: StorageSettings | None = Field(
+        default=None, description="default: local, under run_dir (disks/, images/)"
+    )
+    dhcp: list[DhcpSettings] = Field(default_factory=list)
+
+    @property
+    def storage_settings(self) -> StorageSettings:
+        return self.storage or StorageSettings(
+            path=self.run_dir / "disks", image_cache=self.run_dir / "images"
+        )
 
     @property
     def agent_url(self) -> str:

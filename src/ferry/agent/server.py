@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -9,11 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ferry import __version__
+from ferry.agent.dhcp import DhcpServer
 from ferry.agent.drivers.base import (
+    DiskSpec,
     Driver,
     DriverError,
     GuestSpec,
     GuestStatus,
+    ImageSpec,
     MigrationChannel,
     MigrationParams,
     PortSpec,
@@ -43,7 +47,20 @@ def report(status: GuestStatus) -> GuestReport:
 
 def to_spec(body: GuestSpecIn) -> GuestSpec:
     ports = tuple(PortSpec(p.network, p.mac, p.ip, p.gateway) for p in body.ports)
-    return GuestSpec(body.id, body.name, body.vcpus, body.ram_mb, ports, body.dirty_rate_mbps)
+    disk = None
+    if body.disk is not None:
+        image = ImageSpec(**body.disk.image.model_dump())
+        disk = DiskSpec(image, body.disk.size_bytes)
+    return GuestSpec(
+        body.id,
+        body.name,
+        body.vcpus,
+        body.ram_mb,
+        ports,
+        body.dirty_rate_mbps,
+        disk,
+        body.disk_write_kibps,
+    )
 
 
 def _params(body: MigrationParamsIn) -> MigrationParams:
@@ -52,8 +69,14 @@ def _params(body: MigrationParamsIn) -> MigrationParams:
     )
 
 
-def create_agent_app(driver: Driver, host: str) -> FastAPI:
+def create_agent_app(driver: Driver, host: str, dhcp: Sequence[DhcpServer] = ()) -> FastAPI:
+    """The agent's API over `driver`; a guest it starts or receives gets its DHCP lease from
+    this host's `dhcp` servers at once."""
     app = FastAPI(title=f"Ferry agent {host}", version=__version__)
+
+    def serve_leases(spec: GuestSpec) -> None:
+        for server in dhcp:
+            server.add_ports(spec.name, spec.ports)
 
     @app.exception_handler(DriverError)
     async def _driver_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -69,13 +92,16 @@ def create_agent_app(driver: Driver, host: str) -> FastAPI:
 
     @app.post("/v1/guests", response_model=GuestReport, status_code=201)
     async def spawn(body: GuestSpecIn) -> GuestReport:
-        return report(await driver.spawn(to_spec(body)))
+        spec = to_spec(body)
+        serve_leases(spec)
+        return report(await driver.spawn(spec))
 
     @app.post("/v1/guests/{instance_id}/incoming", response_model=GuestReport, status_code=201)
     async def incoming(instance_id: str, body: IncomingIn) -> GuestReport:
         spec = to_spec(body.spec)
         if spec.id != instance_id:
             raise DriverError(f"spec id {spec.id} does not match {instance_id}")
+        serve_leases(spec)
         return report(await driver.prepare_incoming(spec, body.port, _params(body.params)))
 
     @app.post("/v1/guests/{instance_id}/migrate", status_code=202)

@@ -26,7 +26,7 @@ from ferry.agent.drivers.base import (
 from ferry.agent.drivers.fake import ARRIVED, WAITING, Crash, FakeDriver
 from ferry.agent.drivers.fake_migration import MIB
 from ferry.agent.server import create_agent_app
-from ferry.orchestrator.migration_judge import ARRIVED_DETAIL
+from ferry.orchestrator.migration.judge import ARRIVED_DETAIL
 
 FACTS = HostFacts(4, 1024, 50, "qemu64", "7.2", "pc-q35-7.2")
 SPEC = GuestSpec("00000000-0000-0000-0000-000000000001", "vm1", 1, 128)

@@ -3,6 +3,7 @@ and the guest's boot arguments."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from ferry.agent.drivers.qemu_argv import (
     CPU_MODEL,
     MACHINE_TYPE,
     TCG_RAM_PAD_KIB,
+    DiskFiles,
     QemuConfig,
     guest_argv,
     kernel_cmdline,
@@ -111,3 +113,38 @@ def test_kernel_cmdline_leaves_out_what_is_not_there() -> None:
     assert "ferry.ip=10.20.0.7/24" in args
     assert not [a for a in args if a.startswith(("ferry.gw=", "ferry.dirty="))]
     assert "ferry.ip=0.0.0.0/32" in kernel_cmdline(spec(ports=())).split()
+
+
+def test_a_disk_guest_boots_from_its_disk_through_the_firmware() -> None:
+    """No -kernel/-append: the firmware runs the image's bootloader; the overlay is opened
+    O_DIRECT on top of this host's cached image, whatever path the overlay recorded; settings
+    go as SMBIOS OEM strings."""
+    disk = DiskFiles(Path("/srv/disks/abc/disk.qcow2"), Path("/var/cache/img/f00d"), "qcow2")
+    with_disk = GuestSpec(spec().id, "vm1", 1, 128, PORTS, dirty_rate_mbps=8, disk_write_kibps=64)
+    argv = guest_argv(CONFIG, with_disk, RUNDIR, ["tap0", "tap1"], disk)
+    assert not {"-kernel", "-initrd", "-append"} & set(argv)
+    nodes = {n["node-name"]: n for n in map(json.loads, option(argv, "-blockdev"))}
+    assert nodes["base-file"] == {
+        "driver": "file",
+        "filename": "/var/cache/img/f00d",
+        "node-name": "base-file",
+        "read-only": True,
+    }
+    assert nodes["root-file"]["cache"] == {"direct": True, "no-flush": False}
+    assert nodes["root"] == {
+        "driver": "qcow2",
+        "file": "root-file",
+        "node-name": "root",
+        "backing": "base",
+    }
+    assert "virtio-blk-pci,drive=root,id=disk0,bootindex=1" in option(argv, "-device")
+    assert option(argv, "-smbios") == [
+        "type=11,value=io.ferry.dirty=8",
+        "type=11,value=io.ferry.diskwrite=64",
+    ]
+    raw = DiskFiles(disk.overlay, disk.base, "raw")
+    raw_nodes = [
+        json.loads(n)
+        for n in option(guest_argv(CONFIG, with_disk, RUNDIR, ["t0", "t1"], raw), "-blockdev")
+    ]
+    assert raw_nodes[1]["driver"] == "raw"

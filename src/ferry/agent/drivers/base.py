@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,26 @@ class PortSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """An image of the controller's catalog; agents fetch it into their cache and check it."""
+
+    id: str
+    name: str
+    format: str  # qcow2 or raw
+    size_bytes: int
+    virtual_size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A root disk: a qcow2 overlay of `size_bytes` on `image`, in the host's storage."""
+
+    image: ImageSpec
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class GuestSpec:
     """Everything needed to start an instance; the same spec starts it on any host."""
 
@@ -54,6 +75,18 @@ class GuestSpec:
     ram_mb: int
     ports: tuple[PortSpec, ...] = ()
     dirty_rate_mbps: int = 0  # memory-dirtying workload inside the guest, 0 = idle
+    disk: DiskSpec | None = None  # None: the guest boots without a disk (kernel and initramfs)
+    disk_write_kibps: int = 0  # disk-writing workload inside the guest (lab image), 0 = none
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GuestSpec:
+        """The inverse of `dataclasses.asdict` (specs are kept as JSON in run directories)."""
+        raw = dict(raw)
+        ports = tuple(PortSpec(**p) for p in raw.pop("ports", []))
+        disk = raw.pop("disk", None)
+        if disk is not None:
+            disk = DiskSpec(ImageSpec(**disk["image"]), disk["size_bytes"])
+        return cls(**raw, ports=ports, disk=disk)
 
 
 @dataclass

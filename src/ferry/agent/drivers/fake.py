@@ -59,7 +59,6 @@ from ferry.agent.drivers.base import (
     MigrationEvent,
     MigrationParams,
     MigrationProgress,
-    PortSpec,
 )
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 
@@ -114,8 +113,7 @@ class FakeDriver(Driver):
         target, doomed = raw.pop("target", False), raw.pop("doomed", False)
         status = GuestStatus(**{**raw, "power": GuestPower(raw["power"])})
         self._guests[status.id] = status
-        ports = tuple(PortSpec(**port) for port in spec.pop("ports"))
-        self._specs[status.id] = GuestSpec(**spec, ports=ports)
+        self._specs[status.id] = GuestSpec.from_dict(spec)
         if target or status.power is GuestPower.INCOMING:  # older files: the power said so
             self._targets.add(status.id)
         if doomed:

@@ -35,11 +35,12 @@ from ferry.agent.drivers.base import (
     GuestSpec,
     GuestStatus,
     HostFacts,
-    PortSpec,
 )
-from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv
+from ferry.agent.drivers.qemu_argv import DiskFiles, QemuConfig, guest_argv
 from ferry.agent.drivers.qemu_events import EventWatch, connect
 from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QemuMigration
+from ferry.agent.images import ImageFetcher
+from ferry.agent.storage import DiskStore
 
 _POWER = {
     "running": GuestPower.RUNNING,
@@ -66,8 +67,15 @@ def _pid_alive(pid: int, instance_id: str) -> bool:
 class QemuDriver(QemuMigration):
     name = "qemu"
 
-    def __init__(self, config: QemuConfig) -> None:
+    def __init__(
+        self,
+        config: QemuConfig,
+        disks: DiskStore | None = None,
+        images: ImageFetcher | None = None,
+    ) -> None:
         self.config = config
+        self.disks = disks
+        self.images = images
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
         self._qmp_locks: dict[str, asyncio.Lock] = {}
@@ -123,9 +131,10 @@ class QemuDriver(QemuMigration):
         (rundir / "spec.json").write_text(json.dumps(asdict(spec)))
         taps = [net.tap_name(spec.id, i) for i in range(len(spec.ports))]
         try:
+            disk = await self._disk(spec, incoming=marker is not None)
             for tap in taps:
                 await net.create_tap(tap, self.config.bridge)
-            await self._launch(spec, rundir, taps, extra)
+            await self._launch(spec, rundir, taps, extra, disk)
         except (DriverError, net.TapError) as exc:
             await self._cleanup(spec.id, taps)
             raise DriverError(str(exc)) from exc
@@ -134,10 +143,40 @@ class QemuDriver(QemuMigration):
             raise DriverError(f"QEMU for {spec.name} exited right after starting")
         return status
 
+    async def _disk(self, spec: GuestSpec, *, incoming: bool) -> DiskFiles | None:
+        """The guest's root disk: its image fetched into the cache, and its overlay (made by the
+        first start; a migration target opens the overlay the source uses, on shared storage
+        the same file)."""
+        if spec.disk is None:
+            return None
+        if self.disks is None or self.images is None:
+            raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
+        base = await self.images.ensure(spec.disk.image)
+        if incoming:
+            if not self.disks.shared:
+                raise DriverError(
+                    f"{spec.name}: its disk is on another host's local storage, which "
+                    "this host cannot open (live migration with local disks is not supported)"
+                )
+            if not self.disks.exists(spec.id):
+                raise DriverError(
+                    f"{spec.name}: no disk at {self.disks.path(spec.id)}: the source's disk is "
+                    f"not in this host's pool {self.disks.settings.pool!r}"
+                )
+            overlay = self.disks.path(spec.id)
+        else:
+            overlay = await self.disks.create(spec.id, spec.disk, base)
+        return DiskFiles(overlay, base, spec.disk.image.format)
+
     async def _launch(
-        self, spec: GuestSpec, rundir: Path, taps: list[str], extra: Sequence[str] = ()
+        self,
+        spec: GuestSpec,
+        rundir: Path,
+        taps: list[str],
+        extra: Sequence[str] = (),
+        disk: DiskFiles | None = None,
     ) -> None:
-        argv = [*guest_argv(self.config, spec, rundir, taps), *extra]
+        argv = [*guest_argv(self.config, spec, rundir, taps, disk), *extra]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -148,8 +187,11 @@ class QemuDriver(QemuMigration):
             raise DriverError(f"QEMU for {spec.name} failed to start: {why}")
 
     async def destroy(self, instance_id: str) -> None:
+        """Stop the guest and remove all it has here, its disk too: the instance is deleted."""
         async with self._lock(instance_id):
             await self._remove(instance_id)
+            if self.disks is not None:
+                self.disks.remove(instance_id)
 
     async def _remove(self, instance_id: str) -> None:
         """Stop the process, delete the taps and the run dir (the caller holds the lock)."""
@@ -200,8 +242,7 @@ class QemuDriver(QemuMigration):
             raw = json.loads((self._dir(instance_id) / "spec.json").read_text())
         except (OSError, ValueError):
             return None
-        ports = tuple(PortSpec(**p) for p in raw.pop("ports", []))
-        return GuestSpec(**raw, ports=ports)
+        return GuestSpec.from_dict(raw)
 
     def _pid(self, instance_id: str) -> int | None:
         try:

@@ -78,7 +78,77 @@ def ram_size(config: QemuConfig, spec: GuestSpec) -> str:
     return str(spec.ram_mb)
 
 
-def guest_argv(config: QemuConfig, spec: GuestSpec, rundir: Path, taps: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class DiskFiles:
+    """A guest's root disk on this host: its overlay and the image it is layered on."""
+
+    overlay: Path
+    base: Path  # the image, in this host's cache
+    base_format: str  # qcow2 or raw
+
+
+def disk_argv(disk: DiskFiles) -> list[str]:
+    """The disk as an explicit node chain (as libvirt does it): the overlay's backing is the
+    image from this host's cache whatever path the overlay recorded, read-only and shared by
+    every guest of the image. The overlay is opened with O_DIRECT (cache=none), so writes go
+    to the storage, not this host's page cache: on shared storage the destination of a
+    migration reads what the source wrote. QEMU's image locks and its inactivation of the
+    source's images at the switchover keep the two QEMUs from writing at once."""
+    direct = {"direct": True, "no-flush": False}
+    nodes: list[dict[str, Any]] = [
+        {"driver": "file", "filename": str(disk.base), "node-name": "base-file", "read-only": True},
+        {"driver": disk.base_format, "file": "base-file", "node-name": "base", "read-only": True},
+        {
+            "driver": "file",
+            "filename": str(disk.overlay),
+            "node-name": "root-file",
+            "cache": direct,
+            "aio": "native",
+        },
+        {"driver": "qcow2", "file": "root-file", "node-name": "root", "backing": "base"},
+    ]
+    argv: list[str] = []
+    for node in nodes:
+        argv += ["-blockdev", json.dumps(node)]
+    return [*argv, "-device", "virtio-blk-pci,drive=root,id=disk0,bootindex=1"]
+
+
+def oem_strings(spec: GuestSpec) -> list[str]:
+    """Settings for a guest that boots from its disk, as SMBIOS OEM strings (type 11), which
+    the lab image reads at boot: nothing goes on a kernel command line the image owns."""
+    values = []
+    if spec.dirty_rate_mbps:
+        values.append(f"io.ferry.dirty={spec.dirty_rate_mbps}")
+    if spec.disk_write_kibps:
+        values.append(f"io.ferry.diskwrite={spec.disk_write_kibps}")
+    argv: list[str] = []
+    for value in values:
+        argv += ["-smbios", f"type=11,value={value}"]
+    return argv
+
+
+def boot_argv(config: QemuConfig, spec: GuestSpec, disk: DiskFiles | None) -> list[str]:
+    """From the disk (the firmware runs the image's bootloader), or without one from the
+    configured kernel and initramfs."""
+    if disk is not None:
+        return [*disk_argv(disk), *oem_strings(spec)]
+    return [
+        "-kernel",
+        str(config.kernel),
+        "-initrd",
+        str(config.initrd),
+        "-append",
+        kernel_cmdline(spec),
+    ]
+
+
+def guest_argv(
+    config: QemuConfig,
+    spec: GuestSpec,
+    rundir: Path,
+    taps: list[str],
+    disk: DiskFiles | None = None,
+) -> list[str]:
     argv = [
         config.binary,
         "-name",
@@ -107,12 +177,7 @@ def guest_argv(config: QemuConfig, spec: GuestSpec, rundir: Path, taps: list[str
         f"unix:{rundir / EVENTS_SOCK},server=on,wait=off",
         "-pidfile",
         str(rundir / "qemu.pid"),
-        "-kernel",
-        str(config.kernel),
-        "-initrd",
-        str(config.initrd),
-        "-append",
-        kernel_cmdline(spec),
+        *boot_argv(config, spec, disk),
         "-daemonize",
     ]
     for index, (port, tap) in enumerate(zip(spec.ports, taps, strict=True)):
