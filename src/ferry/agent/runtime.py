@@ -14,6 +14,7 @@ from ferry.agent.dhcp import DhcpServer, keep_leases
 from ferry.agent.drivers import kvm_probe
 from ferry.agent.drivers.base import Driver, HostFacts
 from ferry.agent.drivers.fake import FakeDriver
+from ferry.agent.drivers.fake_disks import FakeDiskStore
 from ferry.agent.images import ImageCache, ImageFetcher
 from ferry.agent.reporter import Reporter
 from ferry.agent.server import create_agent_app
@@ -51,7 +52,12 @@ def make_driver(
             machine_type="pc-q35-7.2",
         )
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        return FakeDriver(facts, settings.run_dir / "fake-guests.json")
+        return FakeDriver(
+            facts,
+            settings.run_dir / "fake-guests.json",
+            disks=FakeDiskStore(settings.storage_settings),
+            images=images,
+        )
     from ferry.agent.drivers.qemu import QemuDriver  # noqa: PLC0415 - needs pyroute2 and QMP
     from ferry.agent.drivers.qemu_argv import QemuConfig, TlsFiles  # noqa: PLC0415
 

@@ -38,14 +38,21 @@ def up(
     prefix: Annotated[
         str, typer.Option(help="names of namespaces and links start with it")
     ] = "fry",
+    storage: Annotated[
+        str,
+        typer.Option(help="instance disks: shared (one pool every host sees) or local (per host)"),
+    ] = "shared",
     lab_dir: LabDir = DEFAULT_DIR,
 ) -> None:
-    """Build the lab: network, PKI, image, controller, agents, and instances."""
+    """Build the lab: network, PKI, images, controller, agents (DHCP on each host), and
+    instances booted from disks of the lab image."""
     from ferry.lab.lifecycle import LabError, LabOptions  # noqa: PLC0415
     from ferry.lab.lifecycle import up as lab_up  # noqa: PLC0415
 
     if driver not in ("qemu", "fake"):
         raise CliError("--driver is qemu or fake")
+    if storage not in ("shared", "local"):
+        raise CliError("--storage is shared or local")
     if driver == "qemu" and os.geteuid() != 0:
         raise CliError(
             "a lab with real QEMU hosts needs root (namespaces, taps); try --driver fake"
@@ -55,7 +62,7 @@ def up(
     from ferry.pki.store import PkiError  # noqa: PLC0415
 
     try:
-        opts = LabOptions(lab_dir, hosts, instances, link_mbit, driver, prefix)
+        opts = LabOptions(lab_dir, hosts, instances, link_mbit, driver, prefix, storage)
         record = asyncio.run(lab_up(opts, _say))
     except (LabError, LabNetError, LabPlanError, PkiError) as exc:
         raise CliError(f"{exc} (see the logs in {lab_dir}; `ferry lab down` cleans up)") from exc

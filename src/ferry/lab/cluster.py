@@ -94,14 +94,45 @@ def issue_certificates(lab_dir: Path, controller_ip: str, hosts: list[HostRecord
         issue(pki, host.name, ips=[host.mgmt_ip], force=True)
 
 
+@dataclass(frozen=True)
+class QemuSetup:
+    """What each real host's agent needs for QEMU: the kernel and initramfs of diskless guests
+    and the accelerator the lab probed."""
+
+    kernel: Path
+    initrd: Path
+    accel: str = "tcg"
+    bridge: str = "br-inst"
+
+
+# The lab's shared storage: one directory that every host namespace sees, at the same path
+# (hosts are network namespaces of one machine), which is what an NFS or CephFS mount shared by
+# real hosts looks like to QEMU. Local storage: a directory of each host's own.
+SHARED_POOL = "lab"
+
+
+def storage_lines(lab_dir: Path, host: HostRecord, storage: str) -> list[str]:
+    own = lab_dir / "hosts" / host.name
+    lines = ["[storage]", f'kind = "{storage}"', f'image_cache = "{own / "images"}"']
+    if storage == "shared":
+        return [*lines, f'path = "{lab_dir / "shared-disks"}"', f'pool = "{SHARED_POOL}"']
+    return [*lines, f'path = "{own / "disks"}"']
+
+
+def dhcp_lines(dhcp_address: str | None) -> list[str]:
+    if dhcp_address is None:
+        return []
+    return ["[[dhcp]]", 'network = "lab"', f'address = "{dhcp_address}"', "lease_s = 600"]
+
+
 def agent_config(
     lab_dir: Path,
     host: HostRecord,
     controller_url: str,
     driver: str,
-    image: tuple[Path, Path] | None,
-    bridge: str,
-    accel: str = "tcg",
+    qemu: QemuSetup | None,
+    storage: str = "shared",
+    dhcp_address: str | None = None,
 ) -> Path:
     pki = lab_dir / "pki"
     issued = pki / "issued" / host.name
@@ -125,14 +156,16 @@ def agent_config(
         f'key = "{issued / "key.pem"}"',
         f'controller_cert = "{pki / "issued" / "controller" / "cert.pem"}"',
     ]
-    if image is not None:
+    lines += storage_lines(lab_dir, host, storage)
+    if qemu is not None:
         lines += [
             "[qemu]",
-            f'kernel = "{image[0]}"',
-            f'initrd = "{image[1]}"',
-            f'bridge = "{bridge}"',
-            f'accel = "{accel}"',
+            f'kernel = "{qemu.kernel}"',
+            f'initrd = "{qemu.initrd}"',
+            f'bridge = "{qemu.bridge}"',
+            f'accel = "{qemu.accel}"',
         ]
+    lines += dhcp_lines(dhcp_address)
     path = lab_dir / "hosts" / host.name / "agent.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

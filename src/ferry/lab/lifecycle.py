@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ferry.lab.cluster import (
     FERRY,
     HostRecord,
     LabRecord,
+    QemuSetup,
     agent_config,
     instance_gateway,
     issue_certificates,
@@ -28,7 +29,7 @@ from ferry.lab.cluster import (
     start_detached,
     stop_pid,
 )
-from ferry.lab.net_plan import INST_NETWORK, MGMT_ROOT_IP, LabNetPlan
+from ferry.lab.net_plan import INST_FIRST_INSTANCE, INST_NETWORK, MGMT_ROOT_IP, LabNetPlan
 
 Say = Callable[[str], None]
 
@@ -45,6 +46,7 @@ class LabOptions:
     link_mbit: int | None = 1000
     driver: str = "qemu"
     prefix: str = "fry"
+    storage: str = "shared"  # instance disks: shared (one pool) or local (each host's own)
 
 
 class ControllerApi:
@@ -57,11 +59,12 @@ class ControllerApi:
         )
         self.token_file = Path(env["FERRY_TOKEN_FILE"])
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def call(
+        self, method: str, path: str, extra_headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
         token = self.token_file.read_text().strip()
-        response = await self.http.request(
-            method, path, **kwargs, headers={"Authorization": f"Bearer {token}"}
-        )
+        headers = {"Authorization": f"Bearer {token}", **(extra_headers or {})}
+        response = await self.http.request(method, path, **kwargs, headers=headers)
         if response.is_error:
             raise LabError(f"{method} {path}: {response.status_code} {response.text}")
         return response.json() if response.content else None
@@ -96,6 +99,7 @@ async def up(opts: LabOptions, say: Say) -> LabRecord:
     )
     record.save()
     image = await _prepare_image(lab_dir, say) if plan else None
+    disk = await _prepare_disk(lab_dir, say) if plan else None
     if plan is not None:
         say(f"network: {opts.hosts} host namespaces, links shaped to {opts.link_mbit} Mbit/s")
         await net.create_lab(plan)
@@ -105,25 +109,62 @@ async def up(opts: LabOptions, say: Say) -> LabRecord:
     api = ControllerApi(record)
     await wait_for(api.healthy, "the controller", 30)
     say(f"controller: {record.controller_url} (pid {record.controller_pid})")
-    accel = await lab_accelerator(say) if plan else "tcg"
-    await _start_agents(record, api, plan, image, accel)
+    qemu = QemuSetup(*image, await lab_accelerator(say)) if image else None
+    await _start_agents(record, api, plan, qemu, opts.storage)
     await wait_for(lambda: _all_up(api, len(hosts)), f"{len(hosts)} hosts to register", 60)
     say(f"agents: {', '.join(h.name for h in hosts)} registered")
-    await api.call("POST", "/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128})
     await api.call(
-        "POST",
-        "/v1/networks",
-        json={"name": "lab", "cidr": str(INST_NETWORK), "gateway": instance_gateway()},
+        "POST", "/v1/flavors", json={"name": "tiny", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}
     )
-    await create_instances(api, opts.instances, say)
+    await api.call("POST", "/v1/networks", json=lab_network())
+    if disk is not None:
+        await upload_image(api, LAB_IMAGE, disk)
+        say(f"image {LAB_IMAGE}: {disk.name} registered ({opts.storage} storage for disks)")
+    await create_instances(api, opts.instances, say, LAB_IMAGE if disk else None)
     return record
 
 
-async def create_instances(api: ControllerApi, count: int, say: Say) -> None:
+LAB_IMAGE = "lab"
+
+
+def lab_network() -> dict[str, Any]:
+    """The instance network: addresses from 198.19.1.1 on; 198.19.0.0/24 is the lab's own (the
+    root namespace's 198.19.0.1, the hosts' DHCP servers at 198.19.0.(10+i))."""
+    return {
+        "name": "lab",
+        "cidr": str(INST_NETWORK),
+        "gateway": instance_gateway(),
+        "allocation_start": str(INST_FIRST_INSTANCE),
+    }
+
+
+def dhcp_address(index: int) -> str:
+    return f"{INST_NETWORK.network_address + 10 + index}/{INST_NETWORK.prefixlen}"
+
+
+async def upload_image(api: ControllerApi, name: str, path: Path) -> None:
+    """Register `path` (qcow2) in the controller's catalog, streamed."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+                yield chunk
+
+    await api.call(
+        "POST",
+        "/v1/images",
+        params={"name": name, "format": "qcow2"},
+        content=chunks(),
+        extra_headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+async def create_instances(
+    api: ControllerApi, count: int, say: Say, image: str | None = None
+) -> None:
     for index in range(1, count + 1):
-        await api.call(
-            "POST", "/v1/instances", json={"name": f"vm{index}", "flavor": "tiny", "network": "lab"}
-        )
+        body = {"name": f"vm{index}", "flavor": "tiny", "network": "lab"}
+        await api.call("POST", "/v1/instances", json={**body, "image": image} if image else body)
 
     async def settled() -> bool:
         states = [i["state"] for i in await api.call("GET", "/v1/instances")]
@@ -145,6 +186,15 @@ async def _prepare_image(lab_dir: Path, say: Say) -> tuple[Path, Path]:
     image = await asyncio.to_thread(build_image, lab_dir / "image")
     say(f"image: {image.kernel.name} + {image.initrd.name} ({image.kernel_version})")
     return image.kernel, image.initrd
+
+
+async def _prepare_disk(lab_dir: Path, say: Say) -> Path:
+    from ferry.lab.image_disk import build_disk_image  # noqa: PLC0415
+
+    disk = await asyncio.to_thread(build_disk_image, lab_dir / "image")
+    size = disk.path.stat().st_size >> 20
+    say(f"disk image: {disk.path.name}, {size} MiB ({disk.virtual_size >> 20} MiB virtual)")
+    return disk.path
 
 
 async def lab_accelerator(say: Say) -> str:
@@ -199,19 +249,20 @@ async def _start_agents(
     record: LabRecord,
     api: ControllerApi,
     plan: LabNetPlan | None,
-    image: tuple[Path, Path] | None,
-    accel: str,
+    qemu: QemuSetup | None,
+    storage: str,
 ) -> None:
     """One agent process per real host (inside its namespace); simulated hosts share processes,
     FAKE_HOSTS_PER_PROCESS each, so a 500-host lab costs ten processes, not five hundred."""
     lab_dir = Path(record.dir)
     configs: list[tuple[HostRecord, Path]] = []
-    for host in record.hosts:
+    for index, host in enumerate(record.hosts, start=1):
         token = await api.call(
             "POST", "/v1/tokens", json={"name": f"agent-{host.name}", "role": "agent"}
         )
+        dhcp = dhcp_address(index) if plan is not None else None
         config = agent_config(
-            lab_dir, host, record.controller_url, record.driver, image, "br-inst", accel
+            lab_dir, host, record.controller_url, record.driver, qemu, storage, dhcp
         )
         (config.parent / "agent.token").write_text(token["secret"])
         configs.append((host, config))

@@ -60,7 +60,10 @@ from ferry.agent.drivers.base import (
     MigrationParams,
     MigrationProgress,
 )
+from ferry.agent.drivers.fake_disks import attach
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
+from ferry.agent.images import ImageFetcher
+from ferry.agent.storage import DiskStore
 
 DEAD = (GuestPower.STOPPED, GuestPower.CRASHED)
 HORIZON_S = 3600.0  # how far ahead a stream's completion is looked for, to announce it
@@ -84,9 +87,17 @@ class FakeDriver(Driver):
     name = "fake"
 
     def __init__(
-        self, facts: HostFacts, state_file: Path | None = None, boot_seconds: float = 0.0
+        self,
+        facts: HostFacts,
+        state_file: Path | None = None,
+        boot_seconds: float = 0.0,
+        *,
+        disks: DiskStore | None = None,
+        images: ImageFetcher | None = None,
     ) -> None:
         self._facts = facts
+        self.disks = disks
+        self.images = images
         self._state_file = state_file
         self._boot_seconds = boot_seconds
         self._guests: dict[str, GuestStatus] = {}
@@ -132,9 +143,13 @@ class FakeDriver(Driver):
         return self._facts
 
     async def spawn(self, spec: GuestSpec) -> GuestStatus:
+        return await self._start(spec, incoming=False)
+
+    async def _start(self, spec: GuestSpec, *, incoming: bool) -> GuestStatus:
         existing = self._guests.get(spec.id)
         if existing is not None and existing.power not in DEAD:
             return existing
+        await attach(self.disks, self.images, spec, incoming=incoming)
         used = sum(s.ram_mb for i, s in self._specs.items() if i != spec.id)
         if used + spec.ram_mb > self._facts.ram_mb:
             raise DriverError(
@@ -156,6 +171,13 @@ class FakeDriver(Driver):
         return status
 
     async def destroy(self, instance_id: str) -> None:
+        """The instance is deleted: its guest and its disk go."""
+        self._drop(instance_id)
+        if self.disks is not None:
+            self.disks.remove(instance_id)
+
+    def _drop(self, instance_id: str) -> None:
+        """The guest goes from this host; its disk stays (a migration's end, not a delete)."""
         self._forget(instance_id)
         self._save()
 
@@ -183,7 +205,7 @@ class FakeDriver(Driver):
             if spec.id in self._targets:
                 return existing
             raise DriverError(f"{spec.name} already runs on this host")
-        status = await self.spawn(spec)
+        status = await self._start(spec, incoming=True)
         status.power = GuestPower.INCOMING
         status.detail = WAITING  # QEMU's runstate of a target, as the QEMU driver reports it
         self._targets.add(spec.id)
@@ -300,7 +322,7 @@ class FakeDriver(Driver):
             raise DriverError(
                 f"{instance_id} is {guest.power} here, not handed over: not removing it"
             )
-        await self.destroy(instance_id)
+        self._drop(instance_id)
 
     async def abort_migration(self, instance_id: str, *, source: bool) -> None:
         if source:
@@ -334,7 +356,7 @@ class FakeDriver(Driver):
             return  # aborted before, or never prepared
         if instance_id not in self._targets:
             raise DriverError(f"{instance_id} runs on this host as a guest, not as a target")
-        await self.destroy(instance_id)
+        self._drop(instance_id)
 
     def _alive(self, instance_id: str) -> bool:
         guest = self._guests.get(instance_id)
