@@ -11,7 +11,7 @@ import pytest
 from ferry.agent.drivers.base import MigrationEvent
 from ferry.agent.events import EventForwarder
 from ferry.db.models import Host, Instance, Migration
-from ferry.orchestrator.migrations import Job
+from ferry.orchestrator.migration.jobs import Job
 from tests.api.conftest import Api
 
 ID1 = "00000000-0000-0000-0000-000000000001"

@@ -9,11 +9,11 @@ from typing import Any
 
 from sqlalchemy import event, select
 
-from ferry.controller.agents import AgentClient
+from ferry.agent_client import AgentClient
 from ferry.db.database import Database
 from ferry.db.models import Allocation, Host, Instance, Migration
 from ferry.orchestrator.instances import InstanceReconciler
-from ferry.orchestrator.migrations import MigrationReconciler
+from ferry.orchestrator.migration.reconciler import MigrationReconciler
 from ferry.protocol import GuestReport, GuestSpecIn
 from ferry.services.store import EventBus, Store
 from tests.api.conftest import Api, Token

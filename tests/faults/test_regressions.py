@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from ferry.controller.agents import AgentClient
+from ferry.agent_client import AgentClient
 from ferry.domain.migration import MigrationState
 from ferry.faults.cluster import FakeCluster
 from ferry.faults.collect import take_snapshot
 from ferry.faults.invariants import check
-from ferry.orchestrator.migration_judge import Sighting, Verdict, judge
+from ferry.orchestrator.migration.judge import Sighting, Verdict, judge
 from tests.api.conftest import Api, Launch
 
 # -- liveness after a controller restart -------------------------------------------------------

@@ -26,7 +26,7 @@ def serve(
     """Serve the API and run the reconcile loops. Settings: flags > FERRY_* > --config file."""
     # Imported here so that every other command starts without loading the server stack.
     from ferry.config import load_controller_settings  # noqa: PLC0415
-    from ferry.controller.serve import run  # noqa: PLC0415
+    from ferry.serve import run  # noqa: PLC0415
 
     try:
         settings = load_controller_settings(

@@ -8,15 +8,15 @@ import logging
 import ssl
 from datetime import timedelta
 
+from ferry.agent_client import AgentClient
 from ferry.config import ControllerSettings
-from ferry.controller.agents import AgentClient
 from ferry.db.database import Database
 from ferry.domain.convergence import ConvergencePolicy
 from ferry.domain.drain_policy import DrainPolicy
 from ferry.orchestrator.drains import DrainReconciler
 from ferry.orchestrator.instances import InstanceReconciler
 from ferry.orchestrator.loop import ReconcileLoop
-from ferry.orchestrator.migrations import MigrationReconciler
+from ferry.orchestrator.migration.reconciler import MigrationReconciler
 from ferry.orchestrator.webhooks import DeliveryPolicy, WebhookNotifier
 from ferry.pki.tls import ssl_context_client
 from ferry.scheduler.setup import build as build_scheduler

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ferry.controller.agents import AgentClient, AgentUnavailable
+from ferry.agent_client import AgentClient, AgentUnavailable
 from ferry.faults.invariants import (
     Claim,
     DrainRecord,

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from ferry.controller.agents import AgentClient
+from ferry.agent_client import AgentClient
 from ferry.faults.cluster import Cluster, ClusterError, FakeCluster
 from ferry.faults.collect import Probes, instance_record, take_snapshot
 from ferry.faults.inject import FakeInjector, FaultMissed, Injector

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import raiseload
 
-from ferry.controller.agents import AgentClient, AgentUnavailable
+from ferry.agent_client import AgentClient, AgentUnavailable
 from ferry.db.models import Host, Instance, Network
 from ferry.domain.instance import InstanceState
 from ferry.protocol import GuestSpecIn, PortIn

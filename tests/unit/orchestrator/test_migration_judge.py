@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ferry.domain.migration import MigrationState
-from ferry.orchestrator.migration_judge import Sighting, Verdict, judge
+from ferry.orchestrator.migration.judge import Sighting, Verdict, judge
 
 RUNNING, POSTCOPY, SWITCHING = (
     MigrationState.RUNNING,

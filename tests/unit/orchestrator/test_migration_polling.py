@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import cast
 
-from ferry.controller.agents import AgentClient
+from ferry.agent_client import AgentClient
 from ferry.db.models import Host, Instance, Migration
-from ferry.orchestrator.migrations import Job, MigrationReconciler
+from ferry.orchestrator.migration.jobs import Job
+from ferry.orchestrator.migration.reconciler import MigrationReconciler
 from ferry.services.store import Store
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ferry.db.models import Host, Instance, Migration
-from ferry.orchestrator.migration_ports import MIGRATION_PORTS, assign_ports
-from ferry.orchestrator.migrations import Job, ports_for
+from ferry.orchestrator.migration.jobs import Job, ports_for
+from ferry.orchestrator.migration.ports import MIGRATION_PORTS, assign_ports
 
 FIRST = MIGRATION_PORTS[0]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ferry.controller import agents
-from ferry.controller.agents import AgentClient, AgentUnavailable
+from ferry import agent_client
+from ferry.agent_client import AgentClient, AgentUnavailable
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def black_hole() -> Iterator[str]:
 async def test_an_unreachable_agent_fails_within_the_connect_timeout(
     black_hole: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agents, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(agent_client, "CONNECT_TIMEOUT", 0.5)
     client = AgentClient(ssl.create_default_context(), timeout=30)
     clock = asyncio.get_running_loop()
     started = clock.time()
