@@ -3,8 +3,12 @@
 Defaults (overridable per request and by configuration):
 - max_bandwidth_mib: 1000 MiB/s, set explicitly on every migration so QEMU's silent 128 MiB/s
   default never applies; the link is usually the real limit.
-- downtime ladder: start at 300 ms; each time `stall_passes` more passes go by without the
-  migration completing, step up to the next limit (500, 1000, 2000 ms), never past the last.
+- downtime ladder: start at 30 ms; each time `stall_passes` more passes go by without the
+  migration completing, step up to the next limit (100, 300, 1000, 2000 ms), never past the last.
+  QEMU switches over as soon as what is left fits in the limit, and sends all of it with the
+  guest paused, so the first step is what an idle guest's blackout is made of: at 300 ms an
+  idle 128 MiB TCG guest paused 107 ms, at 30 ms or less 7-66 ms (same run, loopback). Only a
+  guest that does not converge climbs.
 - auto_converge on: QEMU throttles a guest that dirties memory faster than the link.
 - postcopy off: when on, the capability is enabled on both ends and the timeout action may switch.
 - completion timeout: `timeout_s_per_gib` per GiB of guest memory (at least `min_timeout_s`).
@@ -30,7 +34,7 @@ class TimeoutAction(StrEnum):
 @dataclass(frozen=True)
 class ConvergencePolicy:
     max_bandwidth_mib: int = 1000
-    downtime_ladder_ms: tuple[int, ...] = (300, 500, 1000, 2000)
+    downtime_ladder_ms: tuple[int, ...] = (30, 100, 300, 1000, 2000)
     stall_passes: int = 3
     auto_converge: bool = True
     postcopy: bool = False

@@ -11,7 +11,7 @@ from ferry.domain.errors import InvalidInput
 def test_defaults_never_leave_qemus_bandwidth_default() -> None:
     policy = ConvergencePolicy()
     assert policy.max_bandwidth_mib == 1000 and policy.max_bandwidth_mib != 128
-    assert policy.downtime_ladder_ms[0] == 300 and policy.on_timeout is TimeoutAction.ABORT
+    assert policy.downtime_ladder_ms[0] == 30 and policy.on_timeout is TimeoutAction.ABORT
 
 
 def test_ladder_steps_up_and_stops_at_the_top() -> None:
