@@ -63,6 +63,9 @@ class ControllerSettings(BaseSettings):
     webhook_backoff_max: float = Field(
         default=60.0, gt=0, description="the longest wait between two webhook retries"
     )
+    image_max_bytes: int = Field(
+        default=64 * 2**30, ge=1, description="the largest image file an upload may store"
+    )
     tls_cert: Path | None = Field(default=None, description="controller certificate (HTTPS, mTLS)")
     tls_key: Path | None = Field(default=None)
     tls_ca: Path | None = Field(default=None, description="cluster CA: verifies agents")
@@ -98,6 +101,11 @@ class ControllerSettings(BaseSettings):
     @property
     def admin_token_file(self) -> Path:
         return self.state_dir / "admin.token"
+
+    @property
+    def images_dir(self) -> Path:
+        """The image catalog's files, one per image, named by its id."""
+        return self.state_dir / "images"
 
 
 def load_controller_settings(

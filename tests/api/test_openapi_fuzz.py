@@ -96,6 +96,8 @@ EXISTING: dict[str, list[str]] = {
     "/v1/webhooks/": ["ops"],
     "DELETE /v1/webhooks/": ["spare"],
     "/v1/migrations/": [],
+    "/v1/images/": ["base", "spare"],  # vm-3 is made from base: its deletion is refused
+    "/v1/agent/images/": [],  # image ids: once seeded
 }
 
 
@@ -178,9 +180,19 @@ def _seed(url: str, admin: str) -> str:
             call("POST", "/v1/networks", admin, {"name": name, "cidr": cidr})
         for name in ("web", "spare"):
             call("POST", "/v1/server-groups", admin, {"name": name, "policy": "anti-affinity"})
+        for name in ("base", "spare"):
+            response = http.post(
+                "/v1/images",
+                params={"name": name, "format": "raw"},
+                content=bytes(65536),
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            assert response.status_code == 201, response.text
+            EXISTING["/v1/agent/images/"].append(response.json()["id"])
         running: dict[str, list[dict[str, Any]]] = {host: [] for host in HOSTS}
-        for name, group in (("vm-1", "web"), ("vm-2", "web"), ("vm-3", None), ("spare", None)):
-            body = {"name": name, "flavor": "m1", "network": "prod", "group": group}
+        seeded = (("vm-1", "web", None), ("vm-2", "web", None), ("vm-3", None, "base"))
+        for name, group, image in (*seeded, ("spare", None, None)):
+            body = {"name": name, "flavor": "m1", "network": "prod", "group": group, "image": image}
             created = call("POST", "/v1/instances", admin, body)
             running[created["host"]].append({"id": created["id"], "name": name, "power": "running"})
         for host, guests in running.items():  # what the agents report: the instances run

@@ -19,7 +19,9 @@ from ferry.domain.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    TooLarge,
     Unauthenticated,
+    Unavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ STATUS: list[tuple[type[FerryError], int]] = [
     (Conflict, 409),
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (TooLarge, 413),
+    (Unavailable, 503),
 ]
 
 

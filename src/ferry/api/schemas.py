@@ -299,3 +299,17 @@ class WebhookTestOut(BaseModel):
     status: int | None = Field(description="the receiver's HTTP status, if it answered")
     error: str | None
     elapsed_ms: float
+
+
+class ImageOut(BaseModel):
+    """An image of the catalog, as the controller measured it when it was uploaded."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    format: Literal["qcow2", "raw"]
+    size_bytes: int = Field(description="the file's size, as stored")
+    virtual_size_bytes: int = Field(description="the disk's size, as qemu-img reads it")
+    sha256: str = Field(description="of the file, computed by the controller")
+    created_by: str
+    created_at: datetime

@@ -142,6 +142,9 @@ def instance_create(
     group: Annotated[
         str | None, typer.Option(help="server group to join (ferry server-group list)")
     ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="catalog image of its root disk (ferry image list)")
+    ] = None,
     dirty_rate: Annotated[int, typer.Option(help="MiB/s the guest rewrites in memory")] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="until it runs (or fails)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 300,
@@ -157,7 +160,8 @@ def instance_create(
             "host": host,
             "dirty_rate_mbps": dirty_rate,
             "group": group,
-        },
+        }
+        | ({"image": image} if image is not None else {}),
     )
     if wait:
         instance = _wait_for(ctx, name, {"running", "error"}, timeout)
@@ -198,6 +202,7 @@ def instance_show(ctx: typer.Context, name: Name, fmt: FormatOpt = Format.TABLE)
             ("state", styled(inst["state"])),
             ("host", inst["host"]),
             ("flavor", f"{inst['flavor']} ({inst['vcpus']} vCPU, {inst['ram_mb']} MiB)"),
+            ("image", inst.get("image")),
             ("ports", "; ".join(f"{p['network']} {p['ip']} {p['mac']}" for p in inst["ports"])),
             ("group", inst["server_group"]),
             ("error", inst["error"]),

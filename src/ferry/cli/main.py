@@ -16,6 +16,7 @@ from ferry.cli import (
     faults_cmd,
     hosts,
     image_cmd,
+    images,
     instances,
     lab_cmd,
     migrations,
@@ -45,7 +46,8 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(agent_cmd.app, name="agent")
 app.add_typer(pki_cmd.app, name="pki")
-app.add_typer(image_cmd.app, name="image")
+images.app.command("build")(image_cmd.build)
+app.add_typer(images.app, name="image")
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(faults_cmd.app, name="faults")

@@ -23,6 +23,7 @@ from ferry.scheduler.setup import build as build_scheduler
 from ferry.services.catalog import CatalogService
 from ferry.services.events import EventService
 from ferry.services.hosts import HostService, LivenessPolicy
+from ferry.services.images import ImageService
 from ferry.services.instances import InstanceService
 from ferry.services.maintenance import MaintenanceService
 from ferry.services.migrations import MigrationService
@@ -49,6 +50,7 @@ class Controller:
         self.tokens = TokenService(self.store)
         self.events = EventService(self.store)
         self.catalog = CatalogService(self.store)
+        self.images = ImageService(self.store, settings.images_dir, settings.image_max_bytes)
         self.server_groups = ServerGroupService(self.store)
         self.webhooks = WebhookService(self.store, settings.webhook_timeout)
         self.notifier = WebhookNotifier(
@@ -118,6 +120,7 @@ class Controller:
         await self.db.upgrade()
         if await self.tokens.bootstrap(self.settings.admin_token_file):
             log.warning("created the first admin token in %s", self.settings.admin_token_file)
+        await self.images.sweep()
         self._tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
 
     async def stop(self, grace: float = 5.0) -> None:

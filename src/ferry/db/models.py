@@ -108,6 +108,22 @@ class ServerGroup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Image(Base):
+    """An image of the catalog: its file is `<state_dir>/images/<id>`, measured and checked by
+    the controller when it was uploaded (never taken from the caller)."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    format: Mapped[str] = mapped_column(String(8))  # qcow2 | raw
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    virtual_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 _LIVE = text("state != 'deleted'")
 
 
@@ -129,7 +145,12 @@ class Instance(Base):
     vcpus: Mapped[int]
     ram_mb: Mapped[int]
     disk_gb: Mapped[int]
-    image: Mapped[str] = mapped_column(String(128))
+    image: Mapped[str] = mapped_column(String(128))  # a label: the catalog image's name, if any
+    # The catalog image the root disk is made from; deleted instances let go of it (SET NULL)
+    # when the image is deleted, live ones keep it from being deleted.
+    image_id: Mapped[str | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), index=True
+    )
     flavor: Mapped[str] = mapped_column(String(63), default="")
     dirty_rate_mbps: Mapped[int] = mapped_column(default=0)
     server_group: Mapped[str | None] = mapped_column(String(63))
@@ -143,6 +164,9 @@ class Instance(Base):
     ports: Mapped[list[Port]] = relationship(
         back_populates="instance", cascade="all, delete-orphan", lazy="selectin"
     )
+    # Loaded with the instance wherever it is read (one LEFT JOIN, no extra statement): the
+    # guest spec for a start or a migration's destination carries the image.
+    image_ref: Mapped[Image | None] = relationship(lazy="joined")
 
 
 class Port(Base):

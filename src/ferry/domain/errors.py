@@ -46,6 +46,18 @@ class IllegalTransition(Conflict):
         self.allowed = allowed
 
 
+class TooLarge(FerryError):
+    """The request carries more than the controller accepts (an upload over its limit)."""
+
+    code = "too_large"
+
+
+class Unavailable(FerryError):
+    """The controller cannot do this now, through no fault of the request (a tool missing)."""
+
+    code = "unavailable"
+
+
 class Unauthenticated(FerryError):
     code = "unauthenticated"
 

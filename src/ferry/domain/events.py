@@ -39,6 +39,8 @@ class EventKind(StrEnum):
     MIGRATION_WAITING = "migration.waiting"
     MIGRATION_LEFTOVER = "migration.leftover"
     MIGRATION_CLEANED = "migration.cleaned"
+    IMAGE_CREATED = "image.created"
+    IMAGE_DELETED = "image.deleted"
     SERVER_GROUP_CREATED = "server_group.created"
     SERVER_GROUP_DELETED = "server_group.deleted"
     WEBHOOK_CREATED = "webhook.created"

@@ -14,16 +14,37 @@ from sqlalchemy.orm import raiseload
 from ferry.agent_client import AgentClient, AgentUnavailable
 from ferry.db.models import Host, Instance, Network
 from ferry.domain.instance import InstanceState
-from ferry.protocol import GuestSpecIn, PortIn
+from ferry.protocol import DiskIn, GuestSpecIn, ImageRef, PortIn
+from ferry.services.images import GIB
 from ferry.services.instances import InstanceService
 from ferry.services.store import Store
 
 log = logging.getLogger(__name__)
 
 
+def root_disk(instance: Instance) -> DiskIn | None:
+    """The instance's root disk: an overlay on its catalog image (loaded with the instance, see
+    `Instance.image_ref`) of the flavor's disk size, or of the image's virtual size when the
+    flavor has no disk (0 GiB); None without an image."""
+    image = instance.image_ref
+    if image is None:
+        return None
+    ref = ImageRef(
+        id=image.id,
+        name=image.name,
+        format=image.format,  # qcow2 | raw, checked at upload
+        size_bytes=image.size_bytes,
+        virtual_size_bytes=image.virtual_size_bytes,
+        sha256=image.sha256,
+    )
+    size = instance.disk_gb * GIB if instance.disk_gb else image.virtual_size_bytes
+    return DiskIn(image=ref, size_bytes=size)
+
+
 def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -> GuestSpecIn:
     """What an agent needs to start (or receive) the instance. Ports carry the network's prefix
-    length and gateway when `networks` is given; the lab's instance fabric is a /16."""
+    length and gateway when `networks` is given; the lab's instance fabric is a /16. The disk
+    (`root_disk`) is the same on both ends of a migration."""
     ports = []
     for port in instance.ports:
         network = (networks or {}).get(port.network)
@@ -43,6 +64,7 @@ def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -
         ram_mb=instance.ram_mb,
         ports=ports,
         dirty_rate_mbps=instance.dirty_rate_mbps,
+        disk=root_disk(instance),
     )
 
 

@@ -20,6 +20,7 @@ from ferry.scheduler.model import Request, Resources
 from ferry.services import placement
 from ferry.services.catalog import _name, get_flavor, get_network
 from ferry.services.hosts import get_host
+from ferry.services.images import GIB, get_image, size_text
 from ferry.services.store import Store, record
 
 
@@ -31,6 +32,7 @@ class InstanceRequest:
     host: str | None = None
     dirty_rate_mbps: int = 0
     group: str | None = None
+    image: str | None = None  # of the catalog: the root disk's image
 
 
 async def get_instance(session: AsyncSession, name_or_id: str) -> Instance:
@@ -69,6 +71,12 @@ class InstanceService:
                 raise Conflict(f"an instance named {req.name!r} exists already")
             flavor = await get_flavor(session, req.flavor)
             network = await get_network(session, req.network)
+            image = await get_image(session, req.image) if req.image is not None else None
+            if image is not None and 0 < flavor.disk_gb * GIB < image.virtual_size_bytes:
+                raise InvalidInput(
+                    f"flavor {flavor.name}'s disk ({flavor.disk_gb} GiB) is smaller than image"
+                    f" {image.name} ({size_text(image.virtual_size_bytes)} virtual)"
+                )
             group = await self.placer.group(session, req.group)
             if req.group is not None and group is None:
                 raise NotFound(f"no server group named {req.group!r}")
@@ -82,7 +90,9 @@ class InstanceService:
                 ram_mb=flavor.ram_mb,
                 disk_gb=flavor.disk_gb,
                 flavor=flavor.name,
-                image="ferry-guest",
+                image=image.name if image is not None else "ferry-guest",
+                image_id=image.id if image is not None else None,
+                image_ref=image,  # known: the view and the guest spec read it without a query
                 host_id=host.id,
                 created_by=actor,
                 dirty_rate_mbps=req.dirty_rate_mbps,
@@ -104,7 +114,8 @@ class InstanceService:
                 host=host.name,
                 instance_id=instance.id,
                 data={"flavor": flavor.name, "network": network.name, "ip": ip}
-                | ({"group": req.group} if req.group else {}),
+                | ({"group": req.group} if req.group else {})
+                | ({"image": image.name} if image is not None else {}),
             )
         # Every column has a default set in Python and the ports were built here: the committed
         # instance is returned as it is, without reading back what this transaction wrote.

@@ -12,7 +12,7 @@ from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import sqlite
 
 from ferry.db.database import Database
-from ferry.db.models import Allocation, Instance, Port
+from ferry.db.models import Allocation, Image, Instance, Port
 
 LOOKUPS: dict[str, Select[Any]] = {
     "an instance's ports (loaded with every instance)": select(Port.id).where(
@@ -25,6 +25,13 @@ LOOKUPS: dict[str, Select[Any]] = {
     "a host's instances (each heartbeat)": select(Port.id)
     .join(Instance, Instance.id == Port.instance_id)
     .where(Instance.host_id == 1),
+    "the instances of an image (each image delete)": select(Instance.name).where(
+        Instance.image_id == "i", Instance.state != "deleted"
+    ),
+    "an instance with its image (every instance read)": select(Image.name)
+    .select_from(Instance)
+    .outerjoin(Image, Instance.image_id == Image.id)
+    .where(Instance.id == "x"),
 }
 
 

@@ -49,6 +49,9 @@ class InstanceIn(BaseModel):
     group: str | None = Field(
         default=None, max_length=63, description="server group the instance joins"
     )
+    image: str | None = Field(
+        default=None, max_length=63, description="catalog image of the root disk (none: no disk)"
+    )
 
 
 class PortOut(BaseModel):
@@ -64,6 +67,7 @@ class InstanceOut(BaseModel):
     state: str
     host: str | None
     flavor: str
+    image: str | None = Field(description="the catalog image of its root disk")
     vcpus: int
     ram_mb: int
     disk_gb: int
@@ -81,6 +85,7 @@ def _out(instance: Instance, host: str | None) -> InstanceOut:
         state=instance.state,
         host=host,
         flavor=instance.flavor,
+        image=instance.image_ref.name if instance.image_ref is not None else None,
         vcpus=instance.vcpus,
         ram_mb=instance.ram_mb,
         disk_gb=instance.disk_gb,
@@ -137,7 +142,13 @@ async def list_instances(
 async def create_instance(ctl: Ctl, who: Operator, body: InstanceIn) -> InstanceOut:
     instance, host = await ctl.instances.create(
         InstanceRequest(
-            body.name, body.flavor, body.network, body.host, body.dirty_rate_mbps, group=body.group
+            body.name,
+            body.flavor,
+            body.network,
+            body.host,
+            body.dirty_rate_mbps,
+            group=body.group,
+            image=body.image,
         ),
         who.name,
     )
