@@ -11,6 +11,7 @@ from ferry.faults.invariants import (
     Claim,
     DrainRecord,
     GuestCopy,
+    HostDisks,
     HostRecord,
     InstanceRecord,
     Kind,
@@ -264,3 +265,54 @@ def test_an_instance_lost_although_the_fault_left_it_a_live_copy() -> None:
     assert (
         found.message == "vm2 is error (host host3), although it kept a live copy through the fault"
     )
+
+
+def with_disks(kind: str = "shared") -> Snapshot:
+    """The consistent cluster, both instances with root disks: on one shared pool, or each on
+    its host's local storage."""
+    snapshot = consistent()
+    snapshot.instances = [replace(i, image="lab") for i in snapshot.instances]
+    if kind == "shared":
+        pool = HostDisks("shared", "p1", frozenset({"id-1", "id-2"}))
+        snapshot.disks = {"host1": pool, "host2": pool, "host3": pool}
+    else:
+        snapshot.disks = {
+            "host1": HostDisks("local", "", frozenset()),
+            "host2": HostDisks("local", "", frozenset({"id-1"})),
+            "host3": HostDisks("local", "", frozenset({"id-2"})),
+        }
+    return snapshot
+
+
+@pytest.mark.parametrize("kind", ["shared", "local"])
+def test_disks_where_their_instances_live_pass(kind: str) -> None:
+    assert check(with_disks(kind)) == []
+
+
+def test_a_lost_disk() -> None:
+    snapshot = with_disks("local")
+    assert snapshot.disks is not None
+    snapshot.disks["host2"] = HostDisks("local", "", frozenset())
+    found = only(snapshot)
+    assert (found.kind, found.message) == (
+        Kind.DISK_LOST,
+        "the disk of vm1 is not on host2's storage",
+    )
+
+
+def test_a_disk_open_on_two_hosts() -> None:
+    snapshot = with_disks()
+    snapshot.guests["host1"] = [GuestCopy("id-1", "vm1", "paused")]
+    assert Kind.DISK_TWICE in kinds(check(snapshot))
+    [twice] = [v for v in check(snapshot) if v.kind is Kind.DISK_TWICE]
+    assert twice.message == "the disk of vm1 is open on host1 and host2 at once"
+
+
+def test_a_disk_left_behind() -> None:
+    snapshot = with_disks("local")
+    assert snapshot.disks is not None
+    snapshot.disks["host1"] = HostDisks("local", "", frozenset({"id-1", "id-0"}))
+    assert [(v.kind, v.message) for v in check(snapshot)] == [
+        (Kind.DISK_LEAK, "host1 keeps the disk of old, which is gone"),
+        (Kind.DISK_LEAK, "host1 keeps a copy of the disk of vm1, which lives on host2"),
+    ]

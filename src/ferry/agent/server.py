@@ -86,6 +86,12 @@ def create_agent_app(driver: Driver, host: str, dhcp: Sequence[DhcpServer] = ())
     async def facts() -> dict[str, Any]:
         return {"host": host, "driver": driver.name, **asdict(await driver.facts())}
 
+    @app.get("/v1/disks")
+    async def disks() -> dict[str, Any]:
+        """The instance disks on this host's storage (on shared storage, the pool's)."""
+        inventory = await driver.disks()
+        return {"storage": asdict(inventory) if inventory else None}
+
     @app.get("/v1/guests", response_model=list[GuestReport])
     async def guests() -> list[GuestReport]:
         return [report(g) for g in await driver.list()]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.agent.config import StorageSettings
-from ferry.agent.drivers.base import DiskSpec, DriverError
+from ferry.agent.drivers.base import DiskInventory, DiskSpec, DriverError, GuestSpec
+from ferry.agent.images import ImageFetcher
 
 DISK_FILE = "disk.qcow2"
 
@@ -68,6 +69,41 @@ class DiskStore:
     def remove(self, instance_id: str) -> None:
         shutil.rmtree(self.settings.path / instance_id, ignore_errors=True)
 
+    def inventory(self) -> DiskInventory:
+        ids = sorted(d.parent.name for d in self.settings.path.glob(f"*/{DISK_FILE}"))
+        usage = self.usage()
+        return DiskInventory(
+            self.settings.kind, self.settings.pool, ids, usage.total_bytes, usage.free_bytes
+        )
+
     def usage(self) -> StorageUsage:
         usage = shutil.disk_usage(self.settings.path)
         return StorageUsage(usage.total, usage.free)
+
+
+async def attach(
+    store: DiskStore | None, images: ImageFetcher | None, spec: GuestSpec, *, incoming: bool
+) -> tuple[Path, Path] | None:
+    """(overlay, image) that `spec` starts on here, its image fetched and its overlay made on a
+    first start; None for a diskless guest. A migration target opens the source's overlay,
+    which only shared storage lets it reach. Without a fetcher (simulated hosts at scale) the
+    image is taken as cached."""
+    if spec.disk is None:
+        return None
+    if store is None:
+        raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
+    image = spec.disk.image
+    base = await images.ensure(image) if images else Path("/cached") / image.sha256
+    if not incoming:
+        return await store.create(spec.id, spec.disk, base), base
+    if not store.shared:
+        raise DriverError(
+            f"{spec.name}: its disk is on another host's local storage, which this host cannot "
+            "open (live migration with local disks is not supported)"
+        )
+    if not store.exists(spec.id):
+        raise DriverError(
+            f"{spec.name}: no disk at {store.path(spec.id)}: the source's disk is not in this "
+            f"host's pool {store.settings.pool!r}"
+        )
+    return store.path(spec.id), base

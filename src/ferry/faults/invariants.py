@@ -15,7 +15,10 @@ the snapshot; tests build inconsistent ones by hand.
   (`leftover`) while both agents answer;
 - agents: each host's agent answers (otherwise its reality cannot be checked);
 - survivors: an instance whose guest kept a live copy through the fault (every one but the
-  one whose only copy a guest kill took) is still running.
+  one whose only copy a guest kill took) is still running;
+- disks: every live instance with a root disk has it on its host's storage; no disk is open
+  (by a running, paused or incoming copy) on two hosts at once; no disk is left of an instance
+  that is gone, nor on a host's local storage that the instance does not live on.
 
 Real hosts add two checks through optional probes (see `Probes` in collect.py): each running
 instance's IP answers, and no QEMU process or tap exists that belongs to no instance of the host.
@@ -53,6 +56,9 @@ class Kind(StrEnum):
     LEFTOVER = "leftover"
     UNREACHABLE_IP = "ip-unreachable"
     LEAK = "leak"
+    DISK_LOST = "disk-lost"
+    DISK_TWICE = "disk-open-twice"
+    DISK_LEAK = "disk-leak"
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class InstanceRecord:
     ram_mb: int = 128
     disk_gb: int = 0
     ips: tuple[str, ...] = ()
+    image: str | None = None  # it has a root disk made from this image
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,15 @@ class GuestCopy:
     power: str
 
 
+@dataclass(frozen=True)
+class HostDisks:
+    """The instance disks on one host's storage, as its agent lists them."""
+
+    kind: str  # local or shared
+    pool: str
+    instance_ids: frozenset[str]
+
+
 @dataclass
 class Snapshot:
     instances: list[InstanceRecord]
@@ -132,6 +148,7 @@ class Snapshot:
     answers: dict[str, bool] | None = None  # instance name -> its IP answers (real hosts)
     must_run: set[str] | None = None  # instances no fault took the only copy of
     leaks: dict[str, list[str]] = field(default_factory=dict)  # host -> leaked processes, taps
+    disks: dict[str, HostDisks | None] | None = None  # host -> its storage; None: not collected
 
     def live(self) -> list[InstanceRecord]:
         return [i for i in self.instances if i.state not in GONE]
@@ -148,7 +165,57 @@ def check(snapshot: Snapshot) -> list[Violation]:
         *_drains(snapshot),
         *_migrations(snapshot),
         *_reality(snapshot),
+        *(_disks(snapshot) if snapshot.disks is not None else ()),
+        *(_disks_left(snapshot) if snapshot.disks is not None else ()),
     ]
+
+
+OPEN = frozenset({"running", "paused", "incoming"})
+
+
+def _disks(s: Snapshot) -> Iterator[Violation]:
+    assert s.disks is not None
+    live = {i.id: i for i in s.live()}
+    for inst in live.values():
+        storage = s.disks.get(inst.host or "")
+        if inst.image is not None and storage is not None and inst.id not in storage.instance_ids:
+            yield Violation(
+                Kind.DISK_LOST,
+                inst.name,
+                f"the disk of {inst.name} is not on {inst.host}'s storage",
+            )
+        holders = [
+            host
+            for host, guests in sorted(s.guests.items())
+            if any(g.instance_id == inst.id and g.power in OPEN for g in guests or [])
+        ]
+        if inst.image is not None and len(holders) > 1:
+            yield Violation(
+                Kind.DISK_TWICE,
+                inst.name,
+                f"the disk of {inst.name} is open on {' and '.join(holders)} at once",
+            )
+
+
+def _disks_left(s: Snapshot) -> Iterator[Violation]:
+    """Disks of instances that are gone, and copies on local storage the instance left."""
+    assert s.disks is not None
+    live = {i.id: i for i in s.live()}
+    names = {i.id: i.name for i in s.instances}
+    for host, storage in sorted(s.disks.items()):
+        for instance_id in sorted(storage.instance_ids if storage else ()):
+            owner = live.get(instance_id)
+            if owner is None:
+                name = names.get(instance_id, instance_id)
+                yield Violation(
+                    Kind.DISK_LEAK, name, f"{host} keeps the disk of {name}, which is gone"
+                )
+            elif storage is not None and storage.kind == "local" and owner.host != host:
+                yield Violation(
+                    Kind.DISK_LEAK,
+                    owner.name,
+                    f"{host} keeps a copy of the disk of {owner.name}, which lives on {owner.host}",
+                )
 
 
 def _agents(s: Snapshot) -> Iterator[Violation]:

@@ -113,6 +113,17 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class DiskInventory:
+    """The instance disks on a host's storage (on shared storage: every disk of the pool)."""
+
+    kind: str  # local or shared
+    pool: str
+    instance_ids: list[str]
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
 class MigrationChannel:
     """Where the destination listens for the stream, and the name its certificate carries."""
 
@@ -184,6 +195,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def facts(self) -> HostFacts: ...
+
+    async def disks(self) -> DiskInventory | None:
+        """The disks on this host's instance storage; None: the host has none."""
+        return None
 
     @abc.abstractmethod
     async def spawn(self, spec: GuestSpec) -> GuestStatus: ...

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.agent.drivers.base import (
+    DiskInventory,
     Driver,
     DriverError,
     GuestPower,
@@ -60,10 +61,9 @@ from ferry.agent.drivers.base import (
     MigrationParams,
     MigrationProgress,
 )
-from ferry.agent.drivers.fake_disks import attach
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 from ferry.agent.images import ImageFetcher
-from ferry.agent.storage import DiskStore
+from ferry.agent.storage import DiskStore, attach
 
 DEAD = (GuestPower.STOPPED, GuestPower.CRASHED)
 HORIZON_S = 3600.0  # how far ahead a stream's completion is looked for, to announce it
@@ -96,7 +96,7 @@ class FakeDriver(Driver):
         images: ImageFetcher | None = None,
     ) -> None:
         self._facts = facts
-        self.disks = disks
+        self.disks_store = disks
         self.images = images
         self._state_file = state_file
         self._boot_seconds = boot_seconds
@@ -139,6 +139,9 @@ class FakeDriver(Driver):
         if ended is not None:
             self._ended[status.id] = MigrationProgress(**ended)
 
+    async def disks(self) -> DiskInventory | None:
+        return await asyncio.to_thread(self.disks_store.inventory) if self.disks_store else None
+
     async def facts(self) -> HostFacts:
         return self._facts
 
@@ -149,7 +152,7 @@ class FakeDriver(Driver):
         existing = self._guests.get(spec.id)
         if existing is not None and existing.power not in DEAD:
             return existing
-        await attach(self.disks, self.images, spec, incoming=incoming)
+        await attach(self.disks_store, self.images, spec, incoming=incoming)
         used = sum(s.ram_mb for i, s in self._specs.items() if i != spec.id)
         if used + spec.ram_mb > self._facts.ram_mb:
             raise DriverError(
@@ -173,8 +176,8 @@ class FakeDriver(Driver):
     async def destroy(self, instance_id: str) -> None:
         """The instance is deleted: its guest and its disk go."""
         self._drop(instance_id)
-        if self.disks is not None:
-            self.disks.remove(instance_id)
+        if self.disks_store is not None:
+            self.disks_store.remove(instance_id)
 
     def _drop(self, instance_id: str) -> None:
         """The guest goes from this host; its disk stays (a migration's end, not a delete)."""

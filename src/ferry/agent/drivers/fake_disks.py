@@ -3,9 +3,9 @@
 A disk is `<storage>/<instance id>/disk.qcow2` holding JSON (its image's sha256 and its size)
 instead of a qcow2 overlay; it is made by the first start and never replaced, removed only when
 the instance is deleted, and a migration target opens the source's file on shared storage and
-refuses on local storage, as the QEMU driver does. With an image fetcher the image really is
-fetched and checked into the host's cache first, so the fake cluster takes the agents' image
-path too; without one (scale runs) the image is taken as cached.
+refuses on local storage, as the QEMU driver does (both through `storage.attach`). With an image
+fetcher the image really is fetched and checked into the host's cache first, so the fake cluster
+takes the agents' image path too; without one (scale runs) the image is taken as cached.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ferry.agent.drivers.base import DiskSpec, DriverError, GuestSpec
-from ferry.agent.images import ImageFetcher
+from ferry.agent.drivers.base import DiskSpec
 from ferry.agent.storage import DiskStore
 
 
@@ -29,29 +28,3 @@ class FakeDiskStore(DiskStore):
         temp.write_text(json.dumps({"image": disk.image.sha256, "size": size, "base": str(base)}))
         temp.replace(path)
         return path
-
-
-async def attach(
-    store: DiskStore | None, images: ImageFetcher | None, spec: GuestSpec, *, incoming: bool
-) -> Path | None:
-    """The disk `spec` starts on here (made on a first start), or None for a diskless guest."""
-    if spec.disk is None:
-        return None
-    if store is None:
-        raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
-    base = (
-        await images.ensure(spec.disk.image) if images else Path("/cached") / spec.disk.image.sha256
-    )
-    if not incoming:
-        return await store.create(spec.id, spec.disk, base)
-    if not store.shared:
-        raise DriverError(
-            f"{spec.name}: its disk is on another host's local storage, which this host cannot "
-            "open (live migration with local disks is not supported)"
-        )
-    if not store.exists(spec.id):
-        raise DriverError(
-            f"{spec.name}: no disk at {store.path(spec.id)}: the source's disk is not in this "
-            f"host's pool {store.settings.pool!r}"
-        )
-    return store.path(spec.id)

@@ -30,6 +30,7 @@ from qemu.qmp import QMPClient
 
 from ferry.agent import net
 from ferry.agent.drivers.base import (
+    DiskInventory,
     DriverError,
     GuestPower,
     GuestSpec,
@@ -40,7 +41,7 @@ from ferry.agent.drivers.qemu_argv import DiskFiles, QemuConfig, guest_argv
 from ferry.agent.drivers.qemu_events import EventWatch, connect
 from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QemuMigration
 from ferry.agent.images import ImageFetcher
-from ferry.agent.storage import DiskStore
+from ferry.agent.storage import DiskStore, attach
 
 _POWER = {
     "running": GuestPower.RUNNING,
@@ -74,7 +75,7 @@ class QemuDriver(QemuMigration):
         images: ImageFetcher | None = None,
     ) -> None:
         self.config = config
-        self.disks = disks
+        self.disks_store = disks
         self.images = images
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -90,6 +91,9 @@ class QemuDriver(QemuMigration):
 
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    async def disks(self) -> DiskInventory | None:
+        return await asyncio.to_thread(self.disks_store.inventory) if self.disks_store else None
 
     async def facts(self) -> HostFacts:
         proc = await asyncio.create_subprocess_exec(
@@ -149,24 +153,11 @@ class QemuDriver(QemuMigration):
         the same file)."""
         if spec.disk is None:
             return None
-        if self.disks is None or self.images is None:
-            raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
-        base = await self.images.ensure(spec.disk.image)
-        if incoming:
-            if not self.disks.shared:
-                raise DriverError(
-                    f"{spec.name}: its disk is on another host's local storage, which "
-                    "this host cannot open (live migration with local disks is not supported)"
-                )
-            if not self.disks.exists(spec.id):
-                raise DriverError(
-                    f"{spec.name}: no disk at {self.disks.path(spec.id)}: the source's disk is "
-                    f"not in this host's pool {self.disks.settings.pool!r}"
-                )
-            overlay = self.disks.path(spec.id)
-        else:
-            overlay = await self.disks.create(spec.id, spec.disk, base)
-        return DiskFiles(overlay, base, spec.disk.image.format)
+        if self.images is None:
+            raise DriverError(f"{spec.name} has a disk but this host has no image cache")
+        files = await attach(self.disks_store, self.images, spec, incoming=incoming)
+        assert files is not None
+        return DiskFiles(files[0], files[1], spec.disk.image.format)
 
     async def _launch(
         self,
@@ -190,8 +181,8 @@ class QemuDriver(QemuMigration):
         """Stop the guest and remove all it has here, its disk too: the instance is deleted."""
         async with self._lock(instance_id):
             await self._remove(instance_id)
-            if self.disks is not None:
-                self.disks.remove(instance_id)
+            if self.disks_store is not None:
+                self.disks_store.remove(instance_id)
 
     async def _remove(self, instance_id: str) -> None:
         """Stop the process, delete the taps and the run dir (the caller holds the lock)."""
