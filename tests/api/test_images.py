@@ -299,7 +299,9 @@ async def test_an_instance_made_from_an_image(api: Api, tmp_path: Path) -> None:
 
     spec = guest_spec(await _loaded(api, "vm-1"))
     assert spec.disk is not None
-    assert spec.disk.size_bytes == 16 * MIB  # the flavor has no disk: the image's virtual size
+    # The flavor has no disk: the image's virtual size, in the whole GiB the scheduler claims.
+    assert spec.disk.size_bytes == GIB
+    assert (await api.ok("GET", "/v1/instances/vm-1", api.admin))["disk_gb"] == 1
     assert spec.disk.image.model_dump() == {
         key: image[key]
         for key in ("id", "name", "format", "size_bytes", "virtual_size_bytes", "sha256")

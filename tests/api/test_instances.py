@@ -113,7 +113,13 @@ async def test_network_validation(api: Api, cidr: str, gateway: str | None, mess
 
 async def test_network_create_list_and_delete_refused_while_used(api: Api) -> None:
     smallest = await _post(api, "/v1/networks", {"name": "tiny", "cidr": "10.1.0.0/30"})
-    assert smallest.json() == {"name": "tiny", "cidr": "10.1.0.0/30", "gateway": None}
+    assert smallest.json() == {
+        "name": "tiny",
+        "cidr": "10.1.0.0/30",
+        "gateway": None,
+        "allocation_start": None,
+        "allocation_end": None,
+    }
     assert (
         await _post(api, "/v1/networks", {"name": "tiny", "cidr": "10.2.0.0/24"})
     ).status_code == 409

@@ -47,6 +47,11 @@ class Host(Base):
     qemu_version: Mapped[str] = mapped_column(String(32))
     machine_type: Mapped[str] = mapped_column(String(64))
     accelerator: Mapped[str] = mapped_column(String(8), default="tcg", server_default="tcg")
+    # Instance storage: the host's own (local), or a pool that every host naming it mounts
+    # (shared: its capacity is the pool's, and disks there move with their guests for free).
+    storage_kind: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
+    storage_pool: Mapped[str] = mapped_column(String(63), default="", server_default="")
+    storage_free_gb: Mapped[int] = mapped_column(default=0, server_default="0")
     networks: Mapped[list[Any]] = mapped_column(default=list)
     agent_version: Mapped[str] = mapped_column(String(32), default="")
     agent_url: Mapped[str | None] = mapped_column(String(128))
@@ -92,6 +97,10 @@ class Network(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     cidr: Mapped[str] = mapped_column(String(64))
     gateway: Mapped[str | None] = mapped_column(String(45))
+    # Instances get addresses in [allocation_start, allocation_end] (default: the whole range);
+    # addresses outside it are the network's own (its DHCP servers, routers).
+    allocation_start: Mapped[str | None] = mapped_column(String(45))
+    allocation_end: Mapped[str | None] = mapped_column(String(45))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -153,6 +162,9 @@ class Instance(Base):
     )
     flavor: Mapped[str] = mapped_column(String(63), default="")
     dirty_rate_mbps: Mapped[int] = mapped_column(default=0)
+    disk_write_kibps: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The shared pool its disk is in; None: the local storage of its host (or no disk).
+    storage_pool: Mapped[str | None] = mapped_column(String(63))
     server_group: Mapped[str | None] = mapped_column(String(63))
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), index=True)
     state: Mapped[str] = mapped_column(String(16), default=InstanceState.BUILDING.value, index=True)

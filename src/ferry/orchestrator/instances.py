@@ -64,6 +64,7 @@ def guest_spec(instance: Instance, networks: dict[str, Network] | None = None) -
         ram_mb=instance.ram_mb,
         ports=ports,
         dirty_rate_mbps=instance.dirty_rate_mbps,
+        disk_write_kibps=instance.disk_write_kibps,
         disk=root_disk(instance),
     )
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ferry.db.models import Flavor, Instance, Network, Port
 from ferry.domain.errors import Conflict, InvalidInput, NotFound
+from ferry.domain.instance import InstanceState
 from ferry.services.store import Store
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -52,6 +53,28 @@ def parse_network(cidr: str, gateway: str | None) -> tuple[str, str | None]:
     return str(net), gateway
 
 
+def parse_allocation(
+    cidr: str, start: str | None, end: str | None
+) -> tuple[str | None, str | None]:
+    """The allocation range of network `cidr`: host addresses, start before end."""
+    net = ipaddress.IPv4Network(cidr)
+    parsed: list[ipaddress.IPv4Address | None] = []
+    for which, value in (("allocation_start", start), ("allocation_end", end)):
+        if value is None:
+            parsed.append(None)
+            continue
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError as exc:
+            raise InvalidInput(f"invalid {which} {value!r}") from exc
+        if address not in net or address in (net.network_address, net.broadcast_address):
+            raise InvalidInput(f"{which} {value} is not a host address of {cidr}")
+        parsed.append(address)
+    if parsed[0] is not None and parsed[1] is not None and parsed[0] > parsed[1]:
+        raise InvalidInput(f"allocation_start {start} is after allocation_end {end}")
+    return start, end
+
+
 class CatalogService:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -73,15 +96,42 @@ class CatalogService:
         async with self.store.write() as session:
             await session.delete(await get_flavor(session, name))
 
-    async def create_network(self, name: str, cidr: str, gateway: str | None) -> Network:
+    async def create_network(
+        self,
+        name: str,
+        cidr: str,
+        gateway: str | None,
+        allocation: tuple[str | None, str | None] = (None, None),
+    ) -> Network:
+        """A network; instances get addresses in `allocation` (start, end; None: the range's
+        first or last host address)."""
         _name("network", name)
         cidr, gateway = parse_network(cidr, gateway)
+        start, end = parse_allocation(cidr, *allocation)
         async with self.store.write() as session:
             if await session.scalar(select(Network).where(Network.name == name)):
                 raise Conflict(f"a network named {name!r} exists already")
-            network = Network(name=name, cidr=cidr, gateway=gateway)
+            network = Network(
+                name=name, cidr=cidr, gateway=gateway, allocation_start=start, allocation_end=end
+            )
             session.add(network)
         return network
+
+    async def leases(self, name: str) -> tuple[Network, list[tuple[str, str, str]]]:
+        """The network and its fixed DHCP leases: (MAC, IP, hostname) of every port of a live
+        instance, by IP. Plain rows: a network can hold thousands of ports."""
+        async with self.store.reading() as session:
+            network = await get_network(session, name)
+            rows = await session.execute(
+                select(Port.mac, Port.ip, Instance.name)
+                .join(Instance, Port.instance_id == Instance.id)
+                .where(Port.network == name, Instance.state != InstanceState.DELETED.value)
+            )
+            leases = sorted(
+                ((mac, ip, host) for mac, ip, host in rows.tuples()),
+                key=lambda lease: ipaddress.IPv4Address(lease[1]),
+            )
+        return network, leases
 
     async def networks(self) -> list[Network]:
         async with self.store.reading() as session:

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import raiseload
 
-from ferry.db.models import Allocation, Host, Instance, Migration, Port
+from ferry.db.models import Allocation, Flavor, Host, Image, Instance, Migration, Port
 from ferry.domain.errors import Conflict, InvalidInput, NotFound
 from ferry.domain.events import EventKind
 from ferry.domain.instance import INSTANCE, InstanceAction, InstanceState
@@ -33,6 +33,7 @@ class InstanceRequest:
     dirty_rate_mbps: int = 0
     group: str | None = None
     image: str | None = None  # of the catalog: the root disk's image
+    disk_write_kibps: int = 0  # disk-writing workload inside the guest (the lab image)
 
 
 async def get_instance(session: AsyncSession, name_or_id: str) -> Instance:
@@ -72,15 +73,11 @@ class InstanceService:
             flavor = await get_flavor(session, req.flavor)
             network = await get_network(session, req.network)
             image = await get_image(session, req.image) if req.image is not None else None
-            if image is not None and 0 < flavor.disk_gb * GIB < image.virtual_size_bytes:
-                raise InvalidInput(
-                    f"flavor {flavor.name}'s disk ({flavor.disk_gb} GiB) is smaller than image"
-                    f" {image.name} ({size_text(image.virtual_size_bytes)} virtual)"
-                )
+            disk_gb = root_disk_gb(flavor, image)
             group = await self.placer.group(session, req.group)
             if req.group is not None and group is None:
                 raise NotFound(f"no server group named {req.group!r}")
-            need = Resources(flavor.vcpus, flavor.ram_mb, flavor.disk_gb)
+            need = Resources(flavor.vcpus, flavor.ram_mb, disk_gb)
             host = await self._place(
                 session, Request(need, frozenset({network.name}), group), req.host
             )
@@ -88,7 +85,7 @@ class InstanceService:
                 name=req.name,
                 vcpus=flavor.vcpus,
                 ram_mb=flavor.ram_mb,
-                disk_gb=flavor.disk_gb,
+                disk_gb=disk_gb,
                 flavor=flavor.name,
                 image=image.name if image is not None else "ferry-guest",
                 image_id=image.id if image is not None else None,
@@ -96,6 +93,8 @@ class InstanceService:
                 host_id=host.id,
                 created_by=actor,
                 dirty_rate_mbps=req.dirty_rate_mbps,
+                disk_write_kibps=req.disk_write_kibps,
+                storage_pool=host.storage_pool if image and host.storage_kind == "shared" else None,
                 server_group=req.group,
                 ports=[],  # known empty: the port below is added without loading the collection
             )
@@ -269,6 +268,19 @@ class InstanceService:
             host=host,
             instance_id=instance.id,
         )
+
+
+def root_disk_gb(flavor: Flavor, image: Image | None) -> int:
+    """The GiB an instance claims: its flavor's disk, or, where the flavor says 0, its image's
+    virtual size (rounded up); a flavor disk smaller than the image is refused."""
+    if image is None:
+        return flavor.disk_gb
+    if 0 < flavor.disk_gb * GIB < image.virtual_size_bytes:
+        raise InvalidInput(
+            f"flavor {flavor.name}'s disk ({flavor.disk_gb} GiB) is smaller than image"
+            f" {image.name} ({size_text(image.virtual_size_bytes)} virtual)"
+        )
+    return flavor.disk_gb or -(-image.virtual_size_bytes // GIB)
 
 
 def validate_dirty_rate(rate: int) -> int:

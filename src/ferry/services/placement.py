@@ -307,16 +307,20 @@ def no_valid_host(what: str, exc: NoValidHost) -> Conflict:
 
 
 async def free_ip(session: AsyncSession, network: Network) -> str:
-    """The lowest free host address of the network (the gateway is never handed out)."""
-    net = ipaddress.ip_network(network.cidr)
+    """The lowest free host address of the network's allocation range (the gateway is never
+    handed out, nor anything outside the range)."""
+    net = ipaddress.IPv4Network(network.cidr)
     # Plain column values (not ORM-loaded): a network can hold thousands of ports.
     connection = await session.connection()
     rows = await connection.execute(select(Port.ip).where(Port.network == network.name))
     taken = set(rows.scalars())
     taken.add(network.gateway or "")
-    for address in net.hosts():
-        if str(address) not in taken:
-            return str(address)
+    start = ipaddress.IPv4Address(network.allocation_start or net.network_address + 1)
+    end = ipaddress.IPv4Address(network.allocation_end or net.broadcast_address - 1)
+    for address in ipaddress.summarize_address_range(start, end):
+        for candidate in address:
+            if str(candidate) not in taken:
+                return str(candidate)
     raise Conflict(f"network {network.name} ({network.cidr}) has no free address")
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from ferry.api.deps import Agent, Ctl
 from ferry.api.routers.hosts import ERRORS
@@ -53,3 +57,21 @@ async def migration_events(
     host = await ctl.hosts.require(name)
     accepted = ctl.migration_events(host.name, [event.instance_id for event in body.events])
     return MigrationEventsAccepted(host=host.name, accepted=accepted)
+
+
+@router.get("/networks/{name}/leases", responses={**ERRORS, 304: {"description": "unchanged"}})
+async def leases(ctl: Ctl, _who: Agent, name: str, request: Request) -> Response:
+    """The network's fixed DHCP leases, which every host's DHCP server serves: each port of a
+    live instance (MAC, IP, its name as hostname). The ETag is the content's digest: an agent
+    that sends it back in If-None-Match gets 304 while nothing changed."""
+    network, rows = await ctl.catalog.leases(name)
+    body: dict[str, Any] = {
+        "network": network.name,
+        "cidr": network.cidr,
+        "gateway": network.gateway,
+        "leases": [{"mac": mac, "ip": ip, "hostname": host} for mac, ip, host in rows],
+    }
+    tag = '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32] + '"'
+    if request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"ETag": tag})
+    return JSONResponse(body, headers={"ETag": tag})

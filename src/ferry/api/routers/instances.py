@@ -33,6 +33,12 @@ class NetworkIn(BaseModel):
     name: str = Field(max_length=63)
     cidr: str = Field(max_length=64, description="IPv4 range, e.g. 198.19.0.0/16")
     gateway: str | None = Field(default=None, max_length=45)
+    allocation_start: str | None = Field(
+        default=None, max_length=45, description="first address for instances (default: first)"
+    )
+    allocation_end: str | None = Field(
+        default=None, max_length=45, description="last address for instances (default: last)"
+    )
 
 
 class NetworkOut(NetworkIn):
@@ -46,6 +52,9 @@ class InstanceIn(BaseModel):
     network: str = Field(max_length=63)
     host: str | None = Field(default=None, max_length=63, description="skip the choice")
     dirty_rate_mbps: int = Field(default=0, ge=0, le=10_000, description="guest workload")
+    disk_write_kibps: int = Field(
+        default=0, ge=0, le=1_000_000, description="guest disk-writing workload (lab image)"
+    )
     group: str | None = Field(
         default=None, max_length=63, description="server group the instance joins"
     )
@@ -121,7 +130,9 @@ async def list_networks(ctl: Ctl, _who: Reader) -> list[NetworkOut]:
 
 @router.post("/networks", response_model=NetworkOut, status_code=201, responses=ERRORS)
 async def create_network(ctl: Ctl, _who: Operator, body: NetworkIn) -> NetworkOut:
-    network = await ctl.catalog.create_network(body.name, body.cidr, body.gateway)
+    network = await ctl.catalog.create_network(
+        body.name, body.cidr, body.gateway, (body.allocation_start, body.allocation_end)
+    )
     return NetworkOut.model_validate(network)
 
 
@@ -149,6 +160,7 @@ async def create_instance(ctl: Ctl, who: Operator, body: InstanceIn) -> Instance
             body.dirty_rate_mbps,
             group=body.group,
             image=body.image,
+            disk_write_kibps=body.disk_write_kibps,
         ),
         who.name,
     )
