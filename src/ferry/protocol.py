@@ -55,6 +55,24 @@ class Capabilities(BaseModel):
         return self
 
 
+class StorageReport(BaseModel):
+    """A host's instance storage: its own (local), or a shared pool every host naming it
+    mounts at the same path; its size and free space as the host sees them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "shared"] = "local"
+    pool: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9-]{0,62})?$")
+    total_gb: int = Field(default=0, ge=0)
+    free_gb: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _pool_named(self) -> StorageReport:
+        if (self.kind == "shared") != bool(self.pool):
+            raise ValueError("shared storage names its pool; local storage names none")
+        return self
+
+
 class HostRegistration(BaseModel):
     """Sent by an agent when it starts: who the host is and what it offers."""
 
@@ -69,6 +87,7 @@ class HostRegistration(BaseModel):
     agent_url: str | None = Field(
         default=None, max_length=128, pattern=r"^https://", description="the agent's HTTPS API"
     )
+    storage: StorageReport | None = Field(default=None, description="None: no instance storage")
 
 
 class GuestReport(BaseModel):
@@ -89,6 +108,7 @@ class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     guests: list[GuestReport] | None = None
+    storage_free_gb: int | None = Field(default=None, ge=0, description="free instance storage")
 
 
 class PortIn(BaseModel):

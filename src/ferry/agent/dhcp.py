@@ -6,9 +6,13 @@ Every host that offers the network runs one, on its instance bridge with an addr
 port records (MAC to IP, the instance's name as hostname) at `GET /v1/agent/networks/{name}/
 leases`, re-read each `refresh_s` (a conditional request: an unchanged list costs a 304) and,
 for a guest this host starts or receives, from its spec at once. dnsmasq answers only those MACs
-(`static` range, authoritative) and re-reads its hosts file on SIGHUP. A guest renews with the
-server that gave its lease and, when that one is gone (down, drained, removed), rebinds with
-any other at 7/8 of the lease, so no single host holds the network's DHCP.
+(`static` range) and re-reads its hosts file on SIGHUP. It is not authoritative: an authoritative
+dnsmasq answers a client's broadcast REQUEST for another server's offer with a NAK ("wrong
+server-ID"), which sends the client back to discovery, so with several servers a guest could
+bounce between them; each host's server ACKs only what it offered or knows from its hosts file.
+A guest renews with the server that gave its lease and, when that one is gone (down, drained,
+removed), rebinds with any other at 7/8 of the lease, so no single host holds the network's
+DHCP.
 
 dnsmasq runs daemonized with a pid file in `<run_dir>/dhcp-<network>/`: like the guests, it
 outlives an agent restart, and a restarted agent adopts it (by pid file and command line) rather
@@ -67,7 +71,6 @@ def dnsmasq_argv(settings: DhcpSettings, bridge: str, workdir: Path) -> list[str
         "--except-interface=lo",
         f"--dhcp-range={network.network_address},static,{network.netmask},{settings.lease_s}s",
         f"--dhcp-hostsfile={workdir / 'hosts'}",
-        "--dhcp-authoritative",
         f"--dhcp-leasefile={workdir / 'leases'}",
         f"--pid-file={workdir / 'dnsmasq.pid'}",
         f"--log-facility={workdir / 'dnsmasq.log'}",

@@ -11,10 +11,10 @@ import httpx
 
 from ferry import __version__
 from ferry.agent.config import AgentSettings
-from ferry.agent.drivers.base import Driver
+from ferry.agent.drivers.base import DiskInventory, Driver
 from ferry.agent.events import EventForwarder
 from ferry.agent.server import report
-from ferry.protocol import Capabilities, Heartbeat, HostRegistration, Inventory
+from ferry.protocol import Capabilities, Heartbeat, HostRegistration, Inventory, StorageReport
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 10.0
@@ -39,6 +39,18 @@ async def registration(settings: AgentSettings, driver: Driver) -> HostRegistrat
         ),
         agent_version=__version__,
         agent_url=settings.agent_url,
+        storage=storage_report(await driver.disks()),
+    )
+
+
+def storage_report(inventory: DiskInventory | None) -> StorageReport | None:
+    if inventory is None:
+        return None
+    return StorageReport(
+        kind="shared" if inventory.kind == "shared" else "local",
+        pool=inventory.pool,
+        total_gb=inventory.total_bytes >> 30,
+        free_gb=inventory.free_bytes >> 30,
     )
 
 
@@ -95,10 +107,11 @@ class Reporter:
     async def _beat(self) -> bool:
         """False when the host must register again."""
         guests = [report(g) for g in await self.driver.list()]
+        storage = storage_report(await self.driver.disks())
+        beat = Heartbeat(guests=guests, storage_free_gb=storage.free_gb if storage else None)
         try:
             response = await self.client.post(
-                f"/v1/agent/hosts/{self.settings.name}/heartbeat",
-                json=Heartbeat(guests=guests).model_dump(),
+                f"/v1/agent/hosts/{self.settings.name}/heartbeat", json=beat.model_dump()
             )
         except httpx.HTTPError as exc:
             log.warning("heartbeat failed: %s", exc)

@@ -39,6 +39,12 @@ class ResourcesOut(BaseModel):
     disk_gb: int
 
 
+class StorageOut(BaseModel):
+    kind: str = Field(description="local (the host's own) or shared (a pool of hosts)")
+    pool: str = Field(description="the shared pool's name; empty for local")
+    free_gb: int = Field(description="free space, as the host's agent last reported it")
+
+
 class HostOut(BaseModel):
     name: str
     management_address: str
@@ -56,6 +62,7 @@ class HostOut(BaseModel):
     used: ResourcesOut = Field(
         description="claimed by allocations: the host's instances and migrations towards it"
     )
+    storage: StorageOut
     agent_version: str
     agent_url: str | None
     registered_at: datetime

@@ -44,6 +44,9 @@ def host(record: Host, load: HostLoad, policy: LivenessPolicy) -> schemas.HostOu
         instances=load.instances,
         capacity=_resources(capacity(record)),
         used=_resources(load.used),
+        storage=schemas.StorageOut(
+            kind=record.storage_kind, pool=record.storage_pool, free_gb=record.storage_free_gb
+        ),
         agent_version=record.agent_version,
         agent_url=record.agent_url,
         registered_at=record.registered_at,

@@ -63,6 +63,13 @@ def list_hosts(
         table(hosts, HOST_COLUMNS, empty="no host matches")
 
 
+def _storage(storage: dict[str, Any] | None) -> str:
+    if not storage:
+        return "-"
+    where = f"shared pool {storage['pool']}" if storage["kind"] == "shared" else "local"
+    return f"{where}, {storage['free_gb']} GiB free"
+
+
 def _show(host: dict[str, Any]) -> None:
     inv, caps, adm, mnt = (
         host["inventory"],
@@ -97,6 +104,7 @@ def _show(host: dict[str, Any]) -> None:
                 f"{caps.get('accelerator', 'tcg').upper()}",
             ),
             ("networks", ", ".join(caps["networks"]) or "-"),
+            ("storage", _storage(host.get("storage"))),
             ("instances", host["instances"]),
         ]
     )

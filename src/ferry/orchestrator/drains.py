@@ -270,6 +270,7 @@ class DrainReconciler:
             frozenset(p.network for p in instance.ports),
             await self.placer.group(session, instance.server_group, moving=instance.id),
             placement.traits(host) if live else None,
+            disk_pool=placement.disk_pool_of(instance),
         )
 
     def _choose(

@@ -86,6 +86,7 @@ class Candidate:
     traits: Traits | None = None
     inbound: int = 0
     members: Mapping[str, int] = field(default_factory=dict)
+    storage_pool: str = ""  # the shared pool of its instance storage; "": its own (local)
 
     def free(self) -> Resources:
         return self.capacity - self.used
@@ -117,3 +118,6 @@ class Request:
     group: Group | None = None
     traits: Traits | None = None
     count: int = 1  # instances in the request (an affinity bundle moves as one)
+    # Where the disk of an instance that moves is: None, no disk to reach; "", the local
+    # storage of the host it leaves; else the shared pool the destination must be in.
+    disk_pool: str | None = None

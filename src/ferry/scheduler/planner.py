@@ -43,6 +43,7 @@ class Movable:
     networks: frozenset[str] = frozenset()
     group: str | None = None
     policy: GroupPolicy | None = None
+    disk_pool: str | None = None  # where its disk is (Request.disk_pool)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class _Planner:
             if first.group and first.policy
             else None
         )
-        request = Request(need, networks, group, self.source.traits, len(members))
+        pools = [m.disk_pool for m in members if m.disk_pool is not None]
+        disk_pool = min(pools) if pools else None  # one host's members share its storage
+        request = Request(need, networks, group, self.source.traits, len(members), disk_pool)
         return _Unit(members, request, self.eligible(request))
 
     def eligible(self, request: Request) -> frozenset[str]:

@@ -24,7 +24,7 @@ from ferry.domain.host import (
     liveness,
 )
 from ferry.domain.instance import InstanceState
-from ferry.protocol import HostRegistration
+from ferry.protocol import HostRegistration, StorageReport
 from ferry.scheduler.model import NOTHING, Resources
 from ferry.services.store import Store, record
 
@@ -144,6 +144,16 @@ async def host_loads(session: AsyncSession, host_ids: list[int]) -> dict[int, Ho
     }
 
 
+def storage_columns(storage: StorageReport | None) -> dict[str, str | int]:
+    if storage is None:
+        return {"storage_kind": "local", "storage_pool": "", "storage_free_gb": 0}
+    return {
+        "storage_kind": storage.kind,
+        "storage_pool": storage.pool,
+        "storage_free_gb": storage.free_gb,
+    }
+
+
 def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:
     """Copy what the agent reports onto the host; return the names of fields that changed."""
     values = {
@@ -153,6 +163,7 @@ def _apply_registration(host: Host, reg: HostRegistration) -> list[str]:
         **reg.capabilities.model_dump(),
         "agent_version": reg.agent_version,
         "agent_url": reg.agent_url,
+        **storage_columns(reg.storage),
     }
     changed = [key for key, value in values.items() if getattr(host, key, None) != value]
     for key in changed:
@@ -196,7 +207,13 @@ class HostService:
                 )
         return host, created
 
-    async def heartbeat(self, name: str, actor: str, report: Report | None = None) -> Host:
+    async def heartbeat(
+        self,
+        name: str,
+        actor: str,
+        report: Report | None = None,
+        storage_free_gb: int | None = None,
+    ) -> Host:
         """Move the host's heartbeat time. That alone wakes no loop and no event stream (nothing
         acts on the time itself: liveness is judged against it at each read), so a thousand
         hosts beating do not make every reconcile loop run a pass per beat; a host that comes
@@ -206,6 +223,8 @@ class HostService:
         async with self.store.db.writing() as session:
             host = await get_host(session, name)
             back = self._beat(session, host, actor)
+            if storage_free_gb is not None and host.storage_free_gb != storage_free_gb:
+                host.storage_free_gb = storage_free_gb  # shown, not acted on: wakes nobody
             changed = await report(session, host) if report is not None else False
         if back or changed:
             self.store.bus.notify()

@@ -107,7 +107,14 @@ class MigrationService:
             frozenset(p.network for p in instance.ports),
             await self.placer.group(session, instance.server_group, moving=instance.id),
             placement.traits(source),
+            disk_pool=placement.disk_pool_of(instance),
         )
+        if request.disk_pool == "":
+            raise Conflict(
+                f"cannot migrate {instance.name}: its disk is on the local storage of "
+                f"{source.name}, and live migration with local disks is not supported yet "
+                "(shared storage moves RAM only)"
+            )
         if wanted is not None:
             if wanted == source.name:
                 raise Conflict(f"instance {instance.name} already runs on {wanted}")

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sqlalchemy import String, cast, func, select
@@ -93,6 +94,8 @@ _CANDIDATE_COLUMNS = (
     Host.machine_type,
     Host.qemu_version,
     Host.accelerator,
+    Host.storage_kind,
+    Host.storage_pool,
     cast(Host.networks, String).label("networks"),
     Host.last_heartbeat_at,
     Host.liveness_seen,
@@ -107,7 +110,17 @@ def _network_set(text: str) -> frozenset[str]:
 
 
 def need_of(instance: Instance) -> Resources:
-    return Resources(instance.vcpus, instance.ram_mb, instance.disk_gb)
+    """What a move of `instance` needs at its destination: a disk in a shared pool is there
+    already (the pool's space is counted once, see `_pool_disks`)."""
+    disk = 0 if instance.storage_pool else instance.disk_gb
+    return Resources(instance.vcpus, instance.ram_mb, disk)
+
+
+def disk_pool_of(instance: Instance) -> str | None:
+    """Where a moving instance's disk is, as `Request.disk_pool` says it."""
+    if instance.image_id is None:
+        return None
+    return instance.storage_pool or ""
 
 
 class Placer:
@@ -178,7 +191,10 @@ class Placer:
                 traits=traits(row),
                 inbound=inbound.get(row.id, 0),
                 members=groups.get(row.id, {}),
+                storage_pool=row.storage_pool if row.storage_kind == "shared" else "",
             )
+        if any(c.storage_pool for c in candidates.values()):
+            await _pool_disks(session, candidates)
         return candidates
 
     async def group(
@@ -260,10 +276,34 @@ class Placer:
                 frozenset(p.network for p in i.ports),
                 i.server_group,
                 GroupPolicy(policies[i.server_group]) if i.server_group in policies else None,
+                disk_pool_of(i),
             )
             for i in rows.all()
         ]
         return plan_evacuation(self.scheduler, source, movables, candidates)
+
+
+async def _pool_disks(session: AsyncSession, candidates: dict[int, Candidate]) -> None:
+    """Hosts of a shared pool share its space: each gets the pool's disk capacity (the largest
+    any of them reports) and the disks of every live instance in the pool as used, however the
+    instances are spread over the pool's hosts."""
+    rows = await session.execute(
+        select(Instance.storage_pool, func.sum(Instance.disk_gb))
+        .where(Instance.storage_pool.is_not(None), Instance.state != InstanceState.DELETED.value)
+        .group_by(Instance.storage_pool)
+    )
+    used = {pool: int(total or 0) for pool, total in rows.all()}
+    size: dict[str, int] = {}
+    for c in candidates.values():
+        if c.storage_pool:
+            size[c.storage_pool] = max(size.get(c.storage_pool, 0), c.capacity.disk_gb)
+    for host_id, c in candidates.items():
+        if c.storage_pool:
+            candidates[host_id] = replace(
+                c,
+                capacity=replace(c.capacity, disk_gb=size[c.storage_pool]),
+                used=replace(c.used, disk_gb=used.get(c.storage_pool, 0)),
+            )
 
 
 async def claimed(session: AsyncSession, host_ids: list[int] | None) -> dict[int, Resources]:

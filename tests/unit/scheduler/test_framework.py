@@ -83,4 +83,5 @@ def test_controller_settings_validate_the_scheduler(tmp_path: object) -> None:
         ControllerSettings(scheduler_filters=["nope"])
     settings = ControllerSettings(scheduler_filters=["vcpu", "ram"])
     built = build(settings.scheduler_filters, settings.scheduler_weighers)
-    assert [f.name for f in built.filters] == ["host_up", "enabled", "in_service", "vcpu", "ram"]
+    mandatory = ["host_up", "enabled", "in_service", "storage"]  # whatever the configuration
+    assert [f.name for f in built.filters] == [*mandatory, "vcpu", "ram"]

@@ -39,7 +39,8 @@ async def heartbeat(
     report = None
     if body is not None and body.guests is not None:
         report = functools.partial(ctl.instances.settle, guests=body.guests)
-    host = await ctl.hosts.heartbeat(name, who.name, report)
+    free = body.storage_free_gb if body is not None else None
+    host = await ctl.hosts.heartbeat(name, who.name, report, free)
     return HeartbeatAccepted(host=host.name, heartbeat_interval=ctl.settings.heartbeat_interval)
 
 

@@ -1,5 +1,6 @@
-"""Host filters, one per module. The first three always run (a host that is down, disabled or
-in maintenance never receives anything); the rest are enabled and ordered by configuration."""
+"""Host filters, one per module. The first four always run (a host that is down, disabled or
+in maintenance never receives anything, and an instance never moves where its disk is not);
+the rest are enabled and ordered by configuration."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ from ferry.scheduler.filters import (
     in_service,
     network,
     ram,
+    storage,
     vcpu,
 )
 from ferry.scheduler.framework import HostFilter
 
-MANDATORY: tuple[HostFilter, ...] = (host_up.FILTER, enabled.FILTER, in_service.FILTER)
+MANDATORY: tuple[HostFilter, ...] = (
+    host_up.FILTER,
+    enabled.FILTER,
+    in_service.FILTER,
+    storage.FILTER,
+)
 
 OPTIONAL: dict[str, HostFilter] = {
     f.name: f

@@ -51,6 +51,8 @@ function stateFacts(host) {
     ),
     h("dt", {}, "Addresses"),
     h("dd", {}, `management ${host.management_address}, migration ${host.migration_address}`),
+    h("dt", {}, "Storage"),
+    h("dd", {}, host.storage.kind === "shared" ? `shared pool ${host.storage.pool}, ${host.storage.free_gb} GiB free` : `local, ${host.storage.free_gb} GiB free`),
     h("dt", {}, "Platform"),
     h("dd", {}, `${host.capabilities.cpu_model}, ${host.capabilities.machine_type}, QEMU ${host.capabilities.qemu_version} (${host.capabilities.accelerator.toUpperCase()}), agent ${host.agent_version}`),
   );

@@ -1,0 +1,132 @@
+"""Instance storage in placement: a shared pool's space is counted once for all its hosts, an
+instance with a disk moves only within its pool (RAM only), and one on local storage is refused
+a live migration with a clear reason, in the plan and in the API's error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from ferry.db.models import Instance
+from tests.api.conftest import Api, registration
+from tests.api.test_images import created, qcow2
+
+CAPS = {**registration()["capabilities"], "networks": ["lab"]}
+INVENTORY = {"vcpus": 32, "ram_mb": 65536, "disk_gb": 10}
+
+
+async def _host(api: Api, name: str, pool: str = "") -> None:
+    storage = {"kind": "shared" if pool else "local", "pool": pool, "total_gb": 10, "free_gb": 9}
+    response = await api.register(name, capabilities=CAPS, inventory=INVENTORY, storage=storage)
+    assert response.status_code == 200, response.text
+
+
+async def _cluster(api: Api, tmp_path: Path) -> None:
+    """node-a and node-b share pool p1 (10 GiB); node-c has its own disk."""
+    await _host(api, "node-a", "p1")
+    await _host(api, "node-b", "p1")
+    await _host(api, "node-c")
+    operator = await api.token("operator")
+    for path, body in (
+        ("/v1/flavors", {"name": "d4", "vcpus": 1, "ram_mb": 512, "disk_gb": 4}),
+        ("/v1/networks", {"name": "lab", "cidr": "10.9.0.0/16", "gateway": "10.9.0.1"}),
+    ):
+        assert (await api.call("POST", path, operator, json=body)).status_code == 201
+    await created(api, "img", qcow2(tmp_path / "img.qcow2", "1G"))
+
+
+async def _create(api: Api, name: str, host: str, image: str | None = "img") -> httpx.Response:
+    body: dict[str, Any] = {"name": name, "flavor": "d4", "network": "lab", "host": host}
+    if image:
+        body["image"] = image
+    return await api.call("POST", "/v1/instances", await api.token("operator"), json=body)
+
+
+async def _running(api: Api) -> None:
+    async with api.controller.db.writing() as session:  # as if the agents reported them
+        await session.execute(update(Instance).values(state="running"))
+
+
+async def _migrate(api: Api, name: str, host: str | None = None) -> httpx.Response:
+    body = {"host": host} if host else {}
+    path = f"/v1/instances/{name}/migrate"
+    return await api.call("POST", path, await api.token("operator"), json=body)
+
+
+async def test_hosts_show_their_storage(api: Api, tmp_path: Path) -> None:
+    await _cluster(api, tmp_path)
+    shared = (await api.host("node-a"))["storage"]
+    assert shared == {"kind": "shared", "pool": "p1", "free_gb": 9}
+    assert (await api.host("node-c"))["storage"] == {"kind": "local", "pool": "", "free_gb": 9}
+    agent = await api.token("agent")
+    beat = await api.call(
+        "POST", "/v1/agent/hosts/node-a/heartbeat", agent, json={"storage_free_gb": 3}
+    )
+    assert beat.status_code == 200
+    assert (await api.host("node-a"))["storage"]["free_gb"] == 3
+    bad = {"kind": "shared", "pool": "", "total_gb": 1, "free_gb": 1}
+    refused = await api.register("node-d", capabilities=CAPS, storage=bad)
+    assert refused.status_code == 422 and "names its pool" in refused.text
+
+
+async def test_a_shared_pool_holds_what_its_space_holds_across_its_hosts(
+    api: Api, tmp_path: Path
+) -> None:
+    await _cluster(api, tmp_path)
+    assert (await _create(api, "vm1", "node-a")).status_code == 201
+    assert (await _create(api, "vm2", "node-b")).status_code == 201
+    full = await _create(api, "vm3", "node-a")  # 8 of 10 GiB of p1 are taken, by two hosts
+    assert full.status_code == 409 and "not enough free disk: 1" in full.json()["message"]
+    assert (await _create(api, "vm3", "node-c")).status_code == 201  # its own 10 GiB
+    instance = await api.ok("GET", "/v1/instances/vm1", api.admin)
+    assert instance["disk_gb"] == 4
+
+
+async def test_a_pool_disk_moves_within_its_pool_only(api: Api, tmp_path: Path) -> None:
+    await _cluster(api, tmp_path)
+    assert (await _create(api, "vm1", "node-a")).status_code == 201
+    assert (await _create(api, "vm2", "node-b")).status_code == 201
+    await _running(api)
+    # node-b's pool is full (8 of 10 GiB), but the disk is in the pool already: no space needed.
+    moved = await _migrate(api, "vm1")
+    assert moved.status_code == 202, moved.text
+    assert moved.json()["destination"] == "node-b"
+    elsewhere = await _migrate(api, "vm2", "node-c")
+    assert elsewhere.status_code == 409
+    assert (
+        "cannot reach the instance's disk (local to its host, or in another pool): 1"
+        in (elsewhere.json()["message"])
+    )
+
+
+async def test_a_local_disk_is_refused_a_live_migration_with_its_reason(
+    api: Api, tmp_path: Path
+) -> None:
+    await _cluster(api, tmp_path)
+    assert (await _create(api, "vm1", "node-c")).status_code == 201
+    assert (await _create(api, "bare", "node-c", image=None)).status_code == 201
+    await _running(api)
+    refused = await _migrate(api, "vm1")
+    assert refused.status_code == 409
+    assert refused.json()["message"] == (
+        "cannot migrate vm1: its disk is on the local storage of node-c, and live migration "
+        "with local disks is not supported yet (shared storage moves RAM only)"
+    )
+    assert (await _migrate(api, "bare")).status_code == 202  # no disk: goes anywhere
+    preview = await api.call(
+        "POST",
+        "/v1/hosts/node-c/maintenance/enter",
+        await api.token("operator"),
+        json={"reason": "firmware", "dry_run": True},
+    )
+    plan = preview.json()["plan"]
+    assert plan["complete"] is False
+    [unplaced] = plan["unplaced"]
+    assert (unplaced["instance"], unplaced["destination"]) == ("vm1", None)
+    assert unplaced["reason"] == (
+        "no valid host among 2 (cannot reach the instance's disk (local to its host, or in "
+        "another pool): 2)"
+    )
