@@ -22,7 +22,7 @@ from ferry.bench.probe import PROBE_INTERVAL, Blackout, blackout_of
 from tests.cli.live import FERRY
 
 RANGE_WAIT = 900.0  # seconds to wait for another lab to release 198.18.0.0/15
-TEST_PREFIXES = frozenset({"flt", "flm", "flw", "fld", "flf"})  # the lab test modules' labs
+TEST_PREFIXES = frozenset({"flt", "flm", "flw", "fld", "flf", "fli"})  # the lab test modules' labs
 LEFT_BEHIND = re.compile(r"lab '([a-z0-9]+)' was left behind")
 
 

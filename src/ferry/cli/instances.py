@@ -146,6 +146,9 @@ def instance_create(
         str | None, typer.Option(help="catalog image of its root disk (ferry image list)")
     ] = None,
     dirty_rate: Annotated[int, typer.Option(help="MiB/s the guest rewrites in memory")] = 0,
+    disk_write: Annotated[
+        int, typer.Option(help="KiB/s the guest writes to its disk, checksummed (lab image)")
+    ] = 0,
     wait: Annotated[bool, typer.Option("--wait", help="until it runs (or fails)")] = False,
     timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 300,
     fmt: FormatOpt = Format.TABLE,
@@ -159,6 +162,7 @@ def instance_create(
             "network": network,
             "host": host,
             "dirty_rate_mbps": dirty_rate,
+            "disk_write_kibps": disk_write,
             "group": group,
         }
         | ({"image": image} if image is not None else {}),

@@ -16,7 +16,7 @@ starts httpd on port 80 and the optional workloads, then prints
   the record's sha256 into /var/lib/ferry/sums/<slot> (written aside with `conv=fsync`, then
   renamed). So every record whose sum is on the disk was on the disk first.
   ``GET /cgi-bin/disk.cgi`` stops the writer (between records) and checks every record against
-  its sum: ``records=N ok=N bad=N written=TOTAL``. A torn or lost write, or a disk that went
+  its sum: ``records=N ok=N bad=N written=TOTAL``; ``?status`` only reports ``written``. A torn or lost write, or a disk that went
   back in time, shows as bad.
 """
 
@@ -138,7 +138,13 @@ exit 0
 
 DISK_CGI = r"""#!/bin/sh
 # GET /cgi-bin/disk.cgi: stop the disk writer, then check every record against its sum.
+# GET /cgi-bin/disk.cgi?status: how many records were written so far; the writer goes on.
 D=/var/lib/ferry
+if [ "$QUERY_STRING" = status ]; then
+    written=0; [ -r $D/written ] && read -r written < $D/written
+    printf 'Content-Type: text/plain\r\n\r\nwritten=%s\n' $written
+    exit 0
+fi
 touch /run/ferry/disk-stop
 i=0
 while [ -d $D/sums ] && [ ! -e /run/ferry/disk-stopped ] && [ $i -lt 100 ]; do
