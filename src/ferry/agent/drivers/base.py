@@ -181,6 +181,17 @@ class DriverError(Exception):
 
 
 class Driver(abc.ABC):
+    """What an agent asks of a hypervisor. Each method's docstring is its contract, kept by both
+    drivers and checked against both by tests/contract (the fake on every run, QEMU as root).
+
+    Instance ids are the controller's UUIDs (`[0-9a-f-]{8,36}`); every method that takes one
+    refuses another with a DriverError ("invalid instance id"). A refusal is always a
+    DriverError whose message names the instance and says why; the phrases quoted below are
+    part of the contract (the controller and operators read them). "Here" is this host; a
+    guest "runs here" while its process lives (any power but STOPPED); a "target" is a guest
+    started by `prepare_incoming` and not yet finished by `finish_destination`.
+    """
+
     name: str
     # Who hears of migration events (the agent forwards them to the controller); must not block.
     event_sink: MigrationEventSink | None = None
@@ -194,22 +205,46 @@ class Driver(abc.ABC):
             log.exception("migration event listener failed on %s", event)
 
     @abc.abstractmethod
-    async def facts(self) -> HostFacts: ...
+    async def facts(self) -> HostFacts:
+        """This host's inventory and hypervisor, for registration. Never refuses."""
 
     async def disks(self) -> DiskInventory | None:
         """The disks on this host's instance storage; None: the host has none."""
         return None
 
     @abc.abstractmethod
-    async def spawn(self, spec: GuestSpec) -> GuestStatus: ...
+    async def spawn(self, spec: GuestSpec) -> GuestStatus:
+        """Start the guest of `spec` here; its status (RUNNING, taps made and on the bridge).
+
+        Idempotent: a guest that already runs here (any power but STOPPED) is returned as it
+        is, with no second process. A STOPPED guest (its process died) starts afresh. A disk
+        guest's disk is made by its first start on this storage and reused by every later one
+        (never replaced). Refuses when:
+        - the guest has a disk and the host has no instance storage ("has a disk but this host
+          has no instance storage"), or no image cache (QEMU; the fake then takes the image as
+          cached);
+        - the image cannot be fetched or checked, the disk cannot be made, a tap cannot be made,
+          or the process does not start (the fake: not enough simulated RAM); nothing of the
+          attempt is left but a disk made for it.
+        """
 
     @abc.abstractmethod
-    async def destroy(self, instance_id: str) -> None: ...
+    async def destroy(self, instance_id: str) -> None:
+        """The instance is deleted: stop its process (a target's too), remove its taps, its
+        run files and its disk. Idempotent: a guest that is not here (never was, or destroyed
+        before) succeeds. Refuses only when the process cannot be stopped."""
 
     @abc.abstractmethod
-    async def list(self) -> list[GuestStatus]: ...
+    async def list(self) -> list[GuestStatus]:
+        """Every guest this host has, its power read now: guests started before this driver
+        instance are found again (a new driver over the same run directory or state file
+        re-attaches; it never restarts them). A guest whose process died stays listed STOPPED
+        until it is destroyed or started again; a target is listed INCOMING (detail "migration
+        target (<runstate>)", "migration target (running)" once its stream completed) until
+        `finish_destination`; a source that handed over is PAUSED. Order: unspecified."""
 
     async def get(self, instance_id: str) -> GuestStatus | None:
+        """The guest as `list` reports it, or None when it is not here."""
         return next((g for g in await self.list() if g.id == instance_id), None)
 
     # -- live migration handshake ------------------------------------------------------------
@@ -218,17 +253,40 @@ class Driver(abc.ABC):
     async def prepare_incoming(
         self, spec: GuestSpec, port: int, params: MigrationParams
     ) -> GuestStatus:
-        """Destination: start the guest paused, waiting for a TLS stream on `port`, tap ready."""
+        """Destination: start the guest paused, waiting for a TLS stream on `port`, taps ready;
+        its status is INCOMING (detail "migration target (inmigrate)").
+
+        Idempotent: a target of this guest already here is returned as it is (a retry). A
+        STOPPED guest here is replaced. A disk guest opens the disk the source uses, which it
+        finds on shared storage of the same pool. Refuses when:
+        - the guest runs here as a guest, not a target ("already runs on this host; it cannot
+          move here");
+        - the guest has a disk and this host's storage is local ("its disk is on another host's
+          local storage"), or shared but without that disk ("no disk at ...");
+        - the host has no TLS credentials (QEMU: "no TLS credentials"; there is no plaintext
+          migration), or what `spawn` refuses for; nothing of the attempt is left.
+        """
 
     @abc.abstractmethod
     async def migrate(
         self, instance_id: str, channel: MigrationChannel, params: MigrationParams
     ) -> None:
-        """Source: start sending the guest to `channel` over TLS."""
+        """Source: start sending the guest to `channel` over TLS, and return (the stream goes on;
+        `migration_status` follows it). Idempotent: a stream already sending (or in post-copy)
+        is left as it is. After a failed or cancelled stream, a new one starts. Refuses when:
+        - the guest is a target here ("is an incoming migration target on this host");
+        - the guest does not run here ("does not run on this host");
+        - its stream completed ("was handed over already: finish the source");
+        - the host has no TLS credentials (QEMU).
+        A destination that does not listen is no refusal: the stream fails (status `failed`).
+        """
 
     @abc.abstractmethod
     async def migration_status(self, instance_id: str) -> MigrationProgress:
-        """Source: the migration's progress now."""
+        """Source: the migration's progress now (status `none` before any stream; a finished
+        stream's final reading stays until the next stream or the guest's removal). Reading
+        it never changes the migration. Refuses for a guest whose process does not run here
+        (unknown here, destroyed, or STOPPED: "does not run on this host")."""
 
     @abc.abstractmethod
     async def tune_migration(
@@ -239,20 +297,53 @@ class Driver(abc.ABC):
         max_bandwidth_bytes: int | None = None,
         start_postcopy: bool = False,
     ) -> None:
-        """Source: change convergence while the stream runs (escalation, post-copy switch)."""
+        """Source: change convergence while the stream runs (escalation, post-copy switch).
+        None leaves a setting as it is; without a stream in progress the settings are accepted
+        and change nothing (the next `migrate` sets its own). Refuses when the guest is a
+        target here or does not run here (as `migrate`), and for `start_postcopy` without a
+        stream in progress, or when its `migrate` did not enable post-copy."""
 
     @abc.abstractmethod
     async def finish_destination(self, instance_id: str) -> GuestStatus:
-        """Destination: the guest runs here; announce its MAC so the fabric learns the port."""
+        """Destination: the guest runs here; announce its MAC so the fabric learns the port.
+        Returns the guest RUNNING, no longer a target. QEMU waits (at most 30 s) for the stream
+        to complete; the fake takes the call as the news that it did. Idempotent: a guest
+        that already finished here and runs is returned. Refuses when:
+        - the guest is neither a target nor a running guest here ("no incoming migration");
+        - the target's process exited ("exited: migration failed"), or (QEMU) its stream
+          failed or did not complete in time; the target is then left for an abort.
+        """
 
     @abc.abstractmethod
     async def finish_source(self, instance_id: str) -> None:
-        """Source: the guest moved; remove the paused source process and its taps."""
+        """Source: the guest moved; remove the source process, its taps and run files, never
+        its disk (on shared storage the destination uses it). Idempotent: a guest not here
+        (finished before) succeeds; a STOPPED source is removed. Refuses when:
+        - the guest is a target here ("is an incoming migration target on this host");
+        - its process runs and did not hand the guest over, i.e. its stream has not completed
+          (running, or paused by anyone but a completed migration): "is <state> here, not
+          handed over: not removing it". The guest is left as it was.
+        """
 
     @abc.abstractmethod
     async def abort_migration(self, instance_id: str, *, source: bool) -> None:
         """Cancel: the source keeps (or resumes) running the guest; the destination's
-        incoming process and taps are removed. Idempotent on both ends."""
+        incoming process and taps are removed (its disk stays: it is the source's).
+
+        `source=True`: a stream in progress is cancelled (a switchover in progress, status
+        `device`, is waited out rather than cancelled) and the guest is RUNNING again here;
+        without a stream, or after a failed or cancelled one, it just runs on (idempotent).
+        Refuses, changing nothing, when:
+        - the guest is a target here, or does not run here (as `migrate`);
+        - its stream completed: "completed: the guest runs on the destination";
+        - it is in post-copy: "is in post-copy: the destination runs it; it can only complete".
+
+        `source=False`: the target is removed. Idempotent: a guest not here (aborted before,
+        never prepared) succeeds; a STOPPED target is removed. Refuses, changing nothing, when:
+        - the guest runs here as its own, not as a target ("runs on this host as a guest, not
+          as a target");
+        - the stream into the target completed: "completed: the guest runs here now".
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; running guests keep running."""

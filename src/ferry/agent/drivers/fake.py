@@ -9,7 +9,8 @@ migrating while its agent is down, and a restarted agent reads where it got (que
 The migration calls refuse what the QEMU driver refuses, so the controller meets the same answers:
 no progress for a guest that is not here, no abort of a source that handed over (or is in
 post-copy), no removal of a source that was not handed over, no abort of a destination that runs
-the guest as its own. A migration target carries a marker until `finish_destination`, like the
+the guest as its own or whose stream completed (tests/contract runs the same tests against
+both drivers). A migration target carries a marker until `finish_destination`, like the
 QEMU driver's `incoming.json`, so a target whose process died is still told from a guest.
 
 Fault hooks (fake_faults.py serves them on the agent API of a fake host only) make happen what
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -65,7 +67,9 @@ from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 from ferry.agent.images import ImageFetcher
 from ferry.agent.storage import DiskStore, attach
 
-DEAD = (GuestPower.STOPPED, GuestPower.CRASHED)
+# A guest whose process is gone (a CRASHED guest's QEMU still runs: it panicked, as QEMU's
+# guest-panicked runstate says, and is treated as a guest here, like the QEMU driver does).
+DEAD = (GuestPower.STOPPED,)
 HORIZON_S = 3600.0  # how far ahead a stream's completion is looked for, to announce it
 IN_PROGRESS = ("setup", "active", "device")
 # How the QEMU driver describes a migration target: "migration target (<QEMU runstate>)"; a
@@ -81,6 +85,12 @@ class Crash:
 
     target: bool
     stream: str
+
+
+def _check_id(instance_id: str) -> None:
+    """Instance ids are the controller's UUIDs; others are refused, as the QEMU driver does."""
+    if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):
+        raise DriverError(f"invalid instance id {instance_id!r}")
 
 
 class FakeDriver(Driver):
@@ -146,6 +156,7 @@ class FakeDriver(Driver):
         return self._facts
 
     async def spawn(self, spec: GuestSpec) -> GuestStatus:
+        _check_id(spec.id)
         return await self._start(spec, incoming=False)
 
     async def _start(self, spec: GuestSpec, *, incoming: bool) -> GuestStatus:
@@ -175,6 +186,7 @@ class FakeDriver(Driver):
 
     async def destroy(self, instance_id: str) -> None:
         """The instance is deleted: its guest and its disk go."""
+        _check_id(instance_id)
         self._drop(instance_id)
         if self.disks_store is not None:
             self.disks_store.remove(instance_id)
@@ -203,11 +215,12 @@ class FakeDriver(Driver):
     async def prepare_incoming(
         self, spec: GuestSpec, port: int, params: MigrationParams
     ) -> GuestStatus:
+        _check_id(spec.id)
         existing = self._guests.get(spec.id)
         if existing is not None and existing.power not in DEAD:
             if spec.id in self._targets:
                 return existing
-            raise DriverError(f"{spec.name} already runs on this host")
+            raise DriverError(f"{spec.name} already runs on this host; it cannot move here")
         status = await self._start(spec, incoming=True)
         status.power = GuestPower.INCOMING
         status.detail = WAITING  # QEMU's runstate of a target, as the QEMU driver reports it
@@ -218,9 +231,12 @@ class FakeDriver(Driver):
     async def migrate(
         self, instance_id: str, channel: MigrationChannel, params: MigrationParams
     ) -> None:
-        spec = self._running_spec(instance_id)
+        self._require_source(instance_id)
+        if self._read_outgoing(instance_id).status == "completed":
+            raise DriverError(f"{instance_id} was handed over already: finish the source")
         if instance_id in self._outgoing:
-            return
+            return  # a retry: already sending
+        spec = self._specs[instance_id]
         if instance_id in self._doomed:  # nobody listens any more: the connection is refused
             self._doomed.discard(instance_id)
             self._ended[instance_id] = MigrationProgress(
@@ -255,6 +271,7 @@ class FakeDriver(Driver):
             alarm.cancel()
 
     async def migration_status(self, instance_id: str) -> MigrationProgress:
+        _check_id(instance_id)
         if not self._alive(instance_id):
             raise DriverError(f"{instance_id} does not run on this host")
         return self._read_outgoing(instance_id)
@@ -284,8 +301,12 @@ class FakeDriver(Driver):
         max_bandwidth_bytes: int | None = None,
         start_postcopy: bool = False,
     ) -> None:
+        self._require_source(instance_id)
+        self._read_outgoing(instance_id)
         if instance_id not in self._outgoing:
-            raise DriverError(f"no migration of {instance_id} in progress")
+            if start_postcopy:  # QEMU: "Postcopy must be started after migration has been started"
+                raise DriverError(f"no migration of {instance_id} in progress")
+            return  # QEMU takes the settings for the next stream, which sets its own
         model, started = self._outgoing[instance_id]
         params = replace(
             model.params,
@@ -303,6 +324,7 @@ class FakeDriver(Driver):
         self._arm(instance_id)
 
     async def finish_destination(self, instance_id: str) -> GuestStatus:
+        _check_id(instance_id)
         guest = self._guests.get(instance_id)
         if instance_id not in self._targets:
             if guest is not None and guest.power is GuestPower.RUNNING:
@@ -316,11 +338,14 @@ class FakeDriver(Driver):
         return guest
 
     async def finish_source(self, instance_id: str) -> None:
+        _check_id(instance_id)
         guest = self._guests.get(instance_id)
         if guest is None:
             return  # finished before
         if instance_id in self._targets:
             raise DriverError(f"{instance_id} is an incoming migration target on this host")
+        if instance_id in self._outgoing:
+            self._read_outgoing(instance_id)  # a stream that completed handed the guest over
         if guest.power not in (GuestPower.PAUSED, *DEAD):
             raise DriverError(
                 f"{instance_id} is {guest.power} here, not handed over: not removing it"
@@ -328,18 +353,17 @@ class FakeDriver(Driver):
         self._drop(instance_id)
 
     async def abort_migration(self, instance_id: str, *, source: bool) -> None:
+        _check_id(instance_id)
         if source:
             self._abort_source(instance_id)
         else:
             await self._abort_destination(instance_id)
 
     def _abort_source(self, instance_id: str) -> None:
-        if instance_id in self._targets:
-            raise DriverError(f"{instance_id} is an incoming migration target on this host")
-        if not self._alive(instance_id):
-            raise DriverError(f"{instance_id} does not run on this host")
+        self._require_source(instance_id)
         status = self._read_outgoing(instance_id).status
-        if status == "completed":
+        # QEMU waits a switchover out rather than cancel it, and then it has completed.
+        if status in ("completed", "device"):
             raise DriverError(
                 f"the migration of {instance_id} completed: the guest runs on the destination"
             )
@@ -359,17 +383,21 @@ class FakeDriver(Driver):
             return  # aborted before, or never prepared
         if instance_id not in self._targets:
             raise DriverError(f"{instance_id} runs on this host as a guest, not as a target")
+        if self._guests[instance_id].detail == ARRIVED:
+            raise DriverError(f"the migration of {instance_id} completed: the guest runs here now")
         self._drop(instance_id)
 
     def _alive(self, instance_id: str) -> bool:
         guest = self._guests.get(instance_id)
         return guest is not None and guest.power not in DEAD
 
-    def _running_spec(self, instance_id: str) -> GuestSpec:
-        guest = self._guests.get(instance_id)
-        if guest is None or guest.power is not GuestPower.RUNNING:
-            raise DriverError(f"guest {instance_id} does not run on this host")
-        return self._specs[instance_id]
+    def _require_source(self, instance_id: str) -> None:
+        """The QEMU driver's test before a source-side call: a live guest, not a target."""
+        _check_id(instance_id)
+        if instance_id in self._targets:
+            raise DriverError(f"{instance_id} is an incoming migration target on this host")
+        if not self._alive(instance_id):
+            raise DriverError(f"{instance_id} does not run on this host")
 
     def _set_power(self, instance_id: str, power: GuestPower, detail: str) -> None:
         guest = self._guests.get(instance_id)

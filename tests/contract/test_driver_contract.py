@@ -1,0 +1,204 @@
+"""The driver contract (agent/drivers/base.py), the same tests against the fake and QEMU drivers:
+whatever one does here, the other must do too (conftest.py makes the pairs)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ferry.agent.drivers.base import DriverError, GuestPower
+from tests.contract.conftest import FAST, SLOW, DriverPair, PairFactory
+
+
+async def test_spawn_is_idempotent(driver_pair: DriverPair) -> None:
+    spec = driver_pair.spec()
+    first = await driver_pair.source.spawn(spec)
+    again = await driver_pair.source.spawn(spec)
+    assert (again.id, again.pid) == (first.id, first.pid)
+    assert [g.id for g in await driver_pair.source.list()] == [spec.id]
+    assert driver_pair.processes(spec.id) == (1 if driver_pair.kind == "qemu" else 0)
+
+
+async def test_destroy_of_a_missing_guest_succeeds(driver_pair: DriverPair) -> None:
+    await driver_pair.source.destroy(str(uuid.uuid4()))
+    spec = driver_pair.spec()
+    await driver_pair.source.spawn(spec)
+    await driver_pair.source.destroy(spec.id)
+    await driver_pair.source.destroy(spec.id)
+    assert await driver_pair.source.get(spec.id) is None
+    assert driver_pair.processes(spec.id) == 0
+
+
+async def test_list_and_get_report_spawned_guests_running(driver_pair: DriverPair) -> None:
+    specs = [driver_pair.spec(), driver_pair.spec()]
+    for spec in specs:
+        await driver_pair.source.spawn(spec)
+    listed = {g.id: g for g in await driver_pair.source.list()}
+    assert set(listed) == {s.id for s in specs}
+    for spec in specs:
+        guest = await driver_pair.source.get(spec.id)
+        assert guest is not None and guest == listed[spec.id]
+        assert (guest.name, guest.power, len(guest.taps)) == (spec.name, GuestPower.RUNNING, 1)
+    assert await driver_pair.source.get(str(uuid.uuid4())) is None
+
+
+async def test_migration_status_of_an_unknown_guest_refuses(driver_pair: DriverPair) -> None:
+    with pytest.raises(DriverError, match="does not run on this host"):
+        await driver_pair.source.migration_status(str(uuid.uuid4()))
+    with pytest.raises(DriverError, match="invalid instance id"):
+        await driver_pair.source.migration_status("not-an-id!")
+
+
+async def test_a_full_migration_moves_the_guest(driver_pair: DriverPair) -> None:
+    pair, spec = driver_pair, driver_pair.spec()
+    await pair.source.spawn(spec)
+    assert (await pair.source.migration_status(spec.id)).status == "none"
+    target = await pair.dest.prepare_incoming(spec, pair.port, FAST)
+    assert (target.power, target.detail) == (GuestPower.INCOMING, "migration target (inmigrate)")
+    again = await pair.dest.prepare_incoming(spec, pair.port, FAST)  # a retry: the same target
+    assert (again.power, again.pid) == (GuestPower.INCOMING, target.pid)
+    await pair.source.migrate(spec.id, pair.channel, FAST)
+    done = await pair.complete(spec.id)
+    assert done.total_bytes > 0 and done.transferred_bytes > 0
+    source = await pair.source.get(spec.id)
+    assert source is not None and source.power is GuestPower.PAUSED  # handed over
+    with pytest.raises(DriverError, match="handed over already"):
+        await pair.source.migrate(spec.id, pair.channel, FAST)
+    with pytest.raises(DriverError, match="completed: the guest runs on the destination"):
+        await pair.source.abort_migration(spec.id, source=True)
+    with pytest.raises(DriverError, match="completed: the guest runs here now"):
+        await pair.dest.abort_migration(spec.id, source=False)
+
+    arrived = await pair.dest.finish_destination(spec.id)
+    assert (arrived.power, arrived.id) == (GuestPower.RUNNING, spec.id)
+    assert (await pair.dest.finish_destination(spec.id)).power is GuestPower.RUNNING  # again
+    await pair.source.finish_source(spec.id)
+    await pair.source.finish_source(spec.id)  # finished before: nothing to do
+    assert await pair.source.get(spec.id) is None
+    with pytest.raises(DriverError, match="does not run on this host"):
+        await pair.source.migration_status(spec.id)
+    running = await pair.dest.get(spec.id)
+    assert running is not None and running.power is GuestPower.RUNNING
+    assert pair.processes(spec.id) == (1 if pair.kind == "qemu" else 0)
+
+
+async def test_finish_source_refuses_a_source_not_handed_over(driver_pair: DriverPair) -> None:
+    spec = driver_pair.spec()
+    await driver_pair.source.spawn(spec)
+    with pytest.raises(DriverError, match="is running here, not handed over"):
+        await driver_pair.source.finish_source(spec.id)
+    guest = await driver_pair.source.get(spec.id)
+    assert guest is not None and guest.power is GuestPower.RUNNING
+
+
+async def test_an_abort_before_completion_keeps_the_source(driver_pair: DriverPair) -> None:
+    pair, spec = driver_pair, driver_pair.spec()
+    await pair.source.spawn(spec)
+    await pair.dest.prepare_incoming(spec, pair.port, SLOW)
+    await pair.source.migrate(spec.id, pair.channel, SLOW)
+    await pair.source.migrate(spec.id, pair.channel, SLOW)  # a retry: already sending
+
+    async def active() -> bool:
+        return (await pair.source.migration_status(spec.id)).status == "active"
+
+    await pair.until("active", active)
+    await pair.source.tune_migration(spec.id, downtime_limit_ms=100)
+    with pytest.raises(DriverError):  # post-copy was not enabled for this stream
+        await pair.source.tune_migration(spec.id, start_postcopy=True)
+    await pair.source.abort_migration(spec.id, source=True)
+    await pair.source.abort_migration(spec.id, source=True)  # nothing in flight: runs on
+    assert (await pair.source.migration_status(spec.id)).status == "cancelled"
+    guest = await pair.source.get(spec.id)
+    assert guest is not None and guest.power is GuestPower.RUNNING
+
+    await pair.dest.abort_migration(spec.id, source=False)
+    await pair.dest.abort_migration(spec.id, source=False)  # aborted before
+    assert await pair.dest.get(spec.id) is None
+    assert pair.processes(spec.id) == (1 if pair.kind == "qemu" else 0)
+
+
+async def test_abort_of_a_destination_that_runs_the_guest_refuses(
+    driver_pair: DriverPair,
+) -> None:
+    spec = driver_pair.spec()
+    await driver_pair.dest.spawn(spec)
+    with pytest.raises(DriverError, match="runs on this host as a guest, not as a target"):
+        await driver_pair.dest.abort_migration(spec.id, source=False)
+    guest = await driver_pair.dest.get(spec.id)
+    assert guest is not None and guest.power is GuestPower.RUNNING
+
+
+async def test_a_guest_here_cannot_be_prepared_as_a_target(driver_pair: DriverPair) -> None:
+    spec = driver_pair.spec()
+    first = await driver_pair.dest.spawn(spec)
+    with pytest.raises(DriverError, match="already runs on this host; it cannot move here"):
+        await driver_pair.dest.prepare_incoming(spec, driver_pair.port, FAST)
+    guest = await driver_pair.dest.get(spec.id)
+    assert guest is not None and (guest.power, guest.pid) == (GuestPower.RUNNING, first.pid)
+
+
+async def test_a_restarted_driver_reattaches(driver_pair: DriverPair) -> None:
+    pair, guest, moving = driver_pair, driver_pair.spec(), driver_pair.spec()
+    await pair.source.spawn(guest)
+    await pair.dest.prepare_incoming(moving, pair.port, FAST)
+    hosts = [pair.source_host, pair.dest_host]
+    before = [sorted((g.id, g.power, g.pid) for g in await h.driver.list()) for h in hosts]
+    assert [[(i, p) for i, p, _ in b] for b in before] == [
+        [(guest.id, GuestPower.RUNNING)],
+        [(moving.id, GuestPower.INCOMING)],
+    ]
+    for host, listed in zip(hosts, before, strict=True):
+        await host.restart()
+        assert sorted((g.id, g.power, g.pid) for g in await host.driver.list()) == listed
+    assert (await pair.source.spawn(guest)).pid == before[0][0][2]  # found, not restarted
+    with pytest.raises(DriverError, match="is an incoming migration target on this host"):
+        await pair.dest.finish_source(moving.id)  # still known as a target, not removed
+    await pair.dest.abort_migration(moving.id, source=False)
+    assert await pair.dest.get(moving.id) is None
+
+
+# -- disk guests ---------------------------------------------------------------------------------
+
+
+async def test_shared_storage_the_disk_moves_with_the_guest(driver_pair: DriverPair) -> None:
+    pair, spec = driver_pair, driver_pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    disk = pair.source_host.store.path(spec.id)
+    assert disk.is_file() and pair.dest_host.store.path(spec.id) == disk
+    await pair.dest.prepare_incoming(spec, pair.port, FAST)
+    await pair.source.migrate(spec.id, pair.channel, FAST)
+    await pair.complete(spec.id)
+    await pair.dest.finish_destination(spec.id)
+    await pair.source.finish_source(spec.id)
+    assert disk.is_file()
+    for driver in (pair.source, pair.dest):
+        inventory = await driver.disks()
+        assert inventory is not None and (inventory.kind, inventory.instance_ids) == (
+            "shared",
+            [spec.id],
+        )
+    await pair.dest.destroy(spec.id)
+    assert not disk.exists()
+
+
+async def test_local_storage_refuses_a_disk_guest_as_target(make_pair: PairFactory) -> None:
+    pair = await make_pair("local")
+    spec = pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    with pytest.raises(DriverError, match="another host's local storage"):
+        await pair.dest.prepare_incoming(spec, pair.port, FAST)
+    assert await pair.dest.get(spec.id) is None
+    assert not pair.dest_host.store.exists(spec.id)
+    assert pair.processes(spec.id) == (1 if pair.kind == "qemu" else 0)
+
+
+async def test_destroy_removes_the_disk(make_pair: PairFactory) -> None:
+    pair = await make_pair("local")
+    spec = pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    again = await pair.source.spawn(spec)  # the same disk, not a fresh one
+    assert again.power is GuestPower.RUNNING and pair.source_host.store.exists(spec.id)
+    await pair.source.destroy(spec.id)
+    assert not pair.source_host.store.exists(spec.id)
+    assert await pair.source.get(spec.id) is None
