@@ -18,7 +18,13 @@ from ferry.protocol import (
 
 
 class AgentUnavailable(Exception):
-    """The agent could not be reached or refused; the message says which and why."""
+    """The agent could not be reached or refused; the message says which and why. `refused`:
+    the agent answered with an error (else the call did not get an answer: a connection that
+    failed, dropped or timed out, after which the agent may still be doing what was asked)."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 CONNECT_TIMEOUT = 10.0
@@ -49,7 +55,9 @@ class AgentClient:
                 message = response.json().get("message") or response.text
             except ValueError:
                 message = response.text
-            raise AgentUnavailable(f"agent refused ({response.status_code}): {message}")
+            raise AgentUnavailable(
+                f"agent refused ({response.status_code}): {message}", refused=True
+            )
         return response
 
     async def spawn(self, agent_url: str, spec: GuestSpecIn) -> GuestReport:

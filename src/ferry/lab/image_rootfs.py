@@ -16,8 +16,8 @@ starts httpd on port 80 and the optional workloads, then prints
   the record's sha256 into /var/lib/ferry/sums/<slot> (written aside with `conv=fsync`, then
   renamed). So every record whose sum is on the disk was on the disk first.
   ``GET /cgi-bin/disk.cgi`` stops the writer (between records) and checks every record against
-  its sum: ``records=N ok=N bad=N written=TOTAL``; ``?status`` only reports ``written``. A torn or lost write, or a disk that went
-  back in time, shows as bad.
+  its sum: ``records=N ok=N bad=N written=TOTAL``; ``?status`` only reports ``written``. A
+  torn or lost write, or a disk that went back in time, shows as bad.
 """
 
 from __future__ import annotations

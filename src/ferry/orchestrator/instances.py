@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import raiseload
 
 from ferry.agent_client import AgentClient, AgentUnavailable
 from ferry.db.models import Host, Instance, Network
+from ferry.db.types import utcnow
 from ferry.domain.instance import InstanceState
 from ferry.protocol import DiskIn, GuestSpecIn, ImageRef, PortIn
 from ferry.services.images import GIB
@@ -20,6 +22,10 @@ from ferry.services.instances import InstanceService
 from ferry.services.store import Store
 
 log = logging.getLogger(__name__)
+
+# A start that gets no answer (the agent fetching a large image, or restarting) is asked again
+# each pass; after this long since the instance was created, the instance is in error.
+BUILD_TIMEOUT = timedelta(minutes=15)
 
 
 def root_disk(instance: Instance) -> DiskIn | None:
@@ -141,6 +147,11 @@ class InstanceReconciler:
         try:
             guest = await self.agents.spawn(host.agent_url, spec)
         except AgentUnavailable as exc:
+            if not exc.refused and utcnow() - instance.created_at < BUILD_TIMEOUT:
+                # No answer: the agent may be fetching the image still, or restarting. A start
+                # is idempotent, so the next pass asks again (and waits on the same download).
+                log.info("start of %s not answered yet: %s", instance.name, exc)
+                return
             outcome = _Started(instance.id, host.name, str(exc), error=True)
         else:
             how = f"QEMU pid {guest.pid}" if guest.pid else guest.power
