@@ -7,18 +7,25 @@ configured and httpd listens; with ``-serial file:<log>`` callers wait for that 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ferry.agent.drivers.guest_cmdline import BASE_ARGS, kernel_args
 from ferry.lab.image_init import READY_MARKER
 
+__all__ = [
+    "BASE_ARGS",
+    "GuestBootError",
+    "GuestReady",
+    "kernel_args",
+    "parse_ready",
+    "wait_for_ready",
+]
+
 _READY_RE = re.compile(rf"^{READY_MARKER} name=(?P<name>\S+) ip=(?P<ip>\S*)\s*$", re.MULTILINE)
-_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-BASE_ARGS = ("console=ttyS0", "quiet", "panic=-1")
 
 
 class GuestBootError(Exception):
@@ -32,23 +39,6 @@ class GuestReady:
     name: str
     ip: str
     seconds: float
-
-
-def kernel_args(name: str, ip: str, gateway: str | None = None, dirty_mibps: int = 0) -> str:
-    """The -append string for a guest `name` at `ip` ("ADDR/PREFIX"), validated here."""
-    if not _NAME_RE.fullmatch(name):
-        raise ValueError(f"guest name {name!r}: 1-64 of letters, digits, '.', '_', '-'")
-    ipaddress.IPv4Interface(ip)
-    if "/" not in ip:
-        raise ValueError(f"guest address {ip!r} needs a prefix length (ADDR/PREFIX)")
-    if dirty_mibps < 0:
-        raise ValueError("dirty rate cannot be negative")
-    args = [*BASE_ARGS, f"ferry.name={name}", f"ferry.ip={ip}"]
-    if gateway:
-        args.append(f"ferry.gw={ipaddress.IPv4Address(gateway)}")
-    if dirty_mibps:
-        args.append(f"ferry.dirty={dirty_mibps}")
-    return " ".join(args)
 
 
 def parse_ready(log_text: str) -> tuple[str, str] | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.agent.drivers.base import GuestSpec
-from ferry.lab.image_guest import kernel_args
+from ferry.agent.drivers.guest_cmdline import kernel_args
 from ferry.pki.ca import dn_glob
 
 EVENTS_SOCK = "events.sock"  # a guest's second QMP monitor, for its events (qemu_events.py)
