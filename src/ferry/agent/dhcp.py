@@ -10,9 +10,11 @@ for a guest this host starts or receives, from its spec at once. dnsmasq answers
 dnsmasq answers a client's broadcast REQUEST for another server's offer with a NAK ("wrong
 server-ID"), which sends the client back to discovery, so with several servers a guest could
 bounce between them; each host's server ACKs only what it offered or knows from its hosts file.
-A guest renews with the server that gave its lease and, when that one is gone (down, drained,
-removed), rebinds with any other at 7/8 of the lease, so no single host holds the network's
-DHCP.
+A guest renews with the server that gave its lease; when that one is gone (down, drained,
+removed) its renewals go unanswered, and once the lease runs out it discovers again and another
+host's server offers the same fixed address (measured in the lab with 120 s leases: the server
+that gave the lease killed, the guest bound the same address from another host 95 s later and
+renewed there since, answering ping throughout), so no single host holds the network's DHCP.
 
 dnsmasq runs daemonized with a pid file in `<run_dir>/dhcp-<network>/`: like the guests, it
 outlives an agent restart, and a restarted agent adopts it (by pid file and command line) rather
