@@ -11,6 +11,12 @@ setup:
 test: setup lint
 	$(VENV)/pytest $(PYTEST_ARGS)
 
+## make unit: the fast suites for iteration (no root, no QEMU guests, no lab): unit tests, the
+## API in-process, and the driver contract against the fake driver. A few minutes.
+unit: setup
+	$(VENV)/pytest -q tests/unit tests/api
+	$(VENV)/pytest -q tests/contract -k fake
+
 lint: setup
 	$(VENV)/ruff check src tests
 	$(VENV)/ruff format --check src tests
