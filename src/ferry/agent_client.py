@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from ferry.protocol import (
+    DiskStorage,
     GuestReport,
     GuestSpecIn,
     IncomingIn,
@@ -74,6 +75,12 @@ class AgentClient:
     async def guest(self, agent_url: str, instance_id: str) -> GuestReport | None:
         """The instance as this agent's host has it, or None when the host holds no copy."""
         return next((g for g in await self.guests(agent_url) if g.id == instance_id), None)
+
+    async def disks(self, agent_url: str) -> DiskStorage | None:
+        """The instance disks on the agent's host's storage, or None when it has none."""
+        response = await self._call("GET", f"{agent_url}/v1/disks")
+        storage = response.json().get("storage")
+        return DiskStorage.model_validate(storage) if storage is not None else None
 
     async def incoming(self, agent_url: str, body: IncomingIn) -> GuestReport:
         url = f"{agent_url}/v1/guests/{body.spec.id}/incoming"

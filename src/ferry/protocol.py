@@ -102,6 +102,19 @@ class GuestReport(BaseModel):
     detail: str = Field(default="", max_length=512)
 
 
+class DiskStorage(BaseModel):
+    """The instance disks on a host's storage, as its agent lists them (`GET /v1/disks`): on
+    shared storage, every disk of the pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "shared"]
+    pool: str = Field(max_length=63)
+    instance_ids: list[str]
+    total_bytes: int = Field(ge=0)
+    free_bytes: int = Field(ge=0)
+
+
 class Heartbeat(BaseModel):
     """Sent every heartbeat interval; `guests` is what runs on the host now (None: unknown)."""
 

@@ -48,6 +48,7 @@ class Cluster(Protocol):
     names: list[str]  # its hosts, the drained ones first
     heartbeat_s: float
     agent_urls: dict[str, str]
+    image: str | None  # the catalog image the runs' instances boot from (None: diskless)
 
     @property
     def database(self) -> Path | None:
@@ -144,8 +145,11 @@ def agent_toml(
     networks: Sequence[str] = ("default",),
     inventory: tuple[int, int, int] = (4, 4096, 50),
     extra: dict[str, str] | None = None,
+    storage: dict[str, str] | None = None,
 ) -> str:
-    """The TOML of `ferry agent serve --config` for a host on 127.0.0.1."""
+    """The TOML of `ferry agent serve --config` for a host on 127.0.0.1; `storage`: its
+    `[storage]` table (kind, path, pool, image_cache), else the agent's default (local, under
+    its run directory)."""
     vcpus, ram_mb, disk_gb = inventory
     quoted = ", ".join(f'"{n}"' for n in networks)
     lines = [
@@ -169,6 +173,8 @@ def agent_toml(
         f'key = "{files.host_cert.key}"',
         f'controller_cert = "{files.controller_cert}"',
     ]
+    if storage is not None:
+        lines += ["[storage]", *[f'{k} = "{v}"' for k, v in storage.items()]]
     return "\n".join(lines) + "\n"
 
 
@@ -235,8 +241,19 @@ async def all_hosts_up(cluster: Cluster) -> bool:
     return {h["name"] for h in up} >= set(cluster.names)
 
 
+POOL = "faults"  # the fake hosts' shared storage pool
+IMAGE = "faults"  # the small raw image every fault run's instances boot from
+IMAGE_BYTES = 8 << 10
+
+
 class FakeCluster:
-    """A controller and `hosts` fake-driver agents named host1..hostN under `root`."""
+    """A controller and `hosts` fake-driver agents named host1..hostN under `root`.
+
+    Every host has shared storage in one pool (`POOL`, the directory `root/pool`), with an
+    image cache of its own (`root/<host>/images`), and the catalog holds a small raw image
+    (`IMAGE`, uploaded once at start): instances created with it have a disk (a small file of
+    the fake driver) that every migration keeps, and each agent fetches and checks the image
+    into its cache through the real path before it starts one."""
 
     def __init__(
         self,
@@ -259,6 +276,7 @@ class FakeCluster:
         self.agent_urls: dict[str, str] = {}
         self._api: httpx.AsyncClient | None = None
         self._agent_http: httpx.AsyncClient | None = None
+        self.image: str | None = None
 
     # -- files --------------------------------------------------------------------------------
 
@@ -269,6 +287,11 @@ class FakeCluster:
     @property
     def database(self) -> Path | None:
         return self.state_dir / "ferry.db"
+
+    @property
+    def pool_dir(self) -> Path:
+        """The shared pool's directory: every host's instance disks."""
+        return self.root / "pool"
 
     @property
     def admin_token(self) -> str:
@@ -300,7 +323,20 @@ class FakeCluster:
         for name in self.names:
             await self._configure_agent(name)
         await asyncio.gather(*(self.start_agent(name) for name in self.names))
+        await self.upload_image()
         await self.wait_hosts_up(60)
+
+    async def upload_image(self) -> None:
+        """`IMAGE` in the catalog: a few KiB of raw disk (qemu-img checks it at upload)."""
+        body = bytes(range(256)) * (IMAGE_BYTES // 256)
+        await self.call(
+            "POST",
+            "/v1/images",
+            params={"name": IMAGE, "format": "raw"},
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self.image = IMAGE
 
     def _issue_pki(self) -> None:
         init_ca(self.pki)
@@ -325,7 +361,13 @@ class FakeCluster:
             self.controller_cert.cert,
         )
         config = self.root / f"{name}.toml"
-        config.write_text(agent_toml(files, inventory=self.inventory))
+        storage = {
+            "kind": "shared",
+            "pool": POOL,
+            "path": str(self.pool_dir),
+            "image_cache": str(self.root / name / "images"),
+        }
+        config.write_text(agent_toml(files, inventory=self.inventory, storage=storage))
         self.agent_urls[name] = f"https://{LOOPBACK}:{port}"
         self.agents[name] = Process(
             [FERRY, "agent", "serve", "--config", str(config), "--log-level", "warning"],
@@ -388,7 +430,7 @@ class FakeCluster:
         return self._agent_http
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        headers = {"Authorization": f"Bearer {self.admin_token}", **kwargs.pop("headers", {})}
         response = await self.api.request(method, path, headers=headers, **kwargs)
         if response.is_error:
             raise ClusterError(f"{method} {path}: {response.status_code} {response.text}")

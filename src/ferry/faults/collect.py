@@ -1,7 +1,8 @@
 """A snapshot of a cluster for the invariants: the controller's records through its API (as an
-admin), what each host's agent runs through the agent API (with the controller's certificate,
-as the controller asks during reconciles), and the claims themselves from the controller's
-SQLite database when it is at hand (read-only; the API shows only each host's totals).
+admin), what each host's agent runs and which instance disks its storage holds through the
+agent API (with the controller's certificate, as the controller asks during reconciles), and
+the claims themselves from the controller's SQLite database when it is at hand (read-only; the
+API shows only each host's totals).
 
 Real hosts plug in `Probes`: whether each running instance's IP answers, and what QEMU
 processes or taps a host holds that belong to none of its instances.
@@ -21,6 +22,7 @@ from ferry.faults.invariants import (
     Claim,
     DrainRecord,
     GuestCopy,
+    HostDisks,
     HostRecord,
     InstanceRecord,
     MigrationRecord,
@@ -63,19 +65,19 @@ async def take_snapshot(
         if status.get("drain"):
             drain = status["drain"]
             drains.append(DrainRecord(drain["id"], host["name"], drain["state"], drain["error"]))
+    names = [h["name"] for h in raw_hosts]
+    urls = [h.get("agent_url") for h in raw_hosts]
     guests = dict(
-        zip(
-            [h["name"] for h in raw_hosts],
-            await asyncio.gather(*(_guests(agents, h.get("agent_url")) for h in raw_hosts)),
-            strict=True,
-        )
+        zip(names, await asyncio.gather(*(_guests(agents, u) for u in urls)), strict=True)
     )
+    disks = dict(zip(names, await asyncio.gather(*(_disks(agents, u) for u in urls)), strict=True))
     snapshot = Snapshot(
         instances=instances,
         hosts=[_host(h) for h in raw_hosts],
         drains=drains,
         migrations=migrations,
         guests=guests,
+        disks=disks,
         claims=await asyncio.to_thread(read_claims, database) if database else None,
     )
     if probes is not None:
@@ -91,6 +93,20 @@ async def _guests(agents: AgentClient, url: str | None) -> list[GuestCopy] | Non
     except AgentUnavailable:
         return None
     return [GuestCopy(g.id, g.name, g.power) for g in reports]
+
+
+async def _disks(agents: AgentClient, url: str | None) -> HostDisks | None:
+    """The host's instance disks; None when it has no storage or its agent does not answer
+    (the agent check reports the silence)."""
+    if not url:
+        return None
+    try:
+        storage = await agents.disks(url)
+    except AgentUnavailable:
+        return None
+    if storage is None:
+        return None
+    return HostDisks(storage.kind, storage.pool, frozenset(storage.instance_ids))
 
 
 async def _probe(snapshot: Snapshot, probes: Probes) -> None:
@@ -127,6 +143,7 @@ def instance_record(raw: dict[str, Any]) -> InstanceRecord:
         ram_mb=raw["ram_mb"],
         disk_gb=raw["disk_gb"],
         ips=tuple(p["ip"] for p in raw.get("ports", [])),
+        image=raw.get("image"),
     )
 
 

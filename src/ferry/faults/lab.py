@@ -4,7 +4,8 @@ runner, the phase watch and the invariants are the ones fake runs use. Root only
 
 - a cluster is `ferry lab up` into one lab directory (reused run after run, so the guest image
   is built once) and `ferry lab down` after the run, which removes every namespace, link, tap
-  and process the lab made; the run's directory gets a copy of the logs first;
+  and process the lab made; the run's directory gets a copy of the logs first; the instances
+  boot from disks of the lab image (`lifecycle.LAB_IMAGE`) on the lab's shared storage;
 - the controller and the agents are SIGKILLed by PID and started again with the same command
   line, state and certificates;
 - a guest's death is SIGKILL of its QEMU (its PID file in the agent's run directory): the other
@@ -58,6 +59,10 @@ SAFE_ETA_S = 1.0  # a destination killed this long before its stream ends cannot
 PING_WITHIN_S = 60.0  # a guest moved cold boots again before it answers
 LAB_SETTLE_S = 240.0  # slower than fake hosts: TCG guests, streams of real bytes
 LOGS = ("controller.log", "hosts")
+# The lab's shared storage directory (lab/cluster.py `storage_lines`), which `lab down` keeps:
+# a run starts and ends without it, so no disk of an earlier run's instances is taken for one
+# of this run's leaks.
+SHARED_DISKS = "shared-disks"
 
 
 def adapt(scenario: Scenario) -> Scenario:
@@ -92,6 +97,7 @@ class LabCluster:
         self.heartbeat_s = float(lifecycle.heartbeat_interval(hosts))
         self.agent_urls: dict[str, str] = {}
         self.record: LabRecord | None = None
+        self.image: str | None = None
         self._api: ControllerApi | None = None
         self._agent_http: httpx.AsyncClient | None = None
 
@@ -100,12 +106,17 @@ class LabCluster:
     async def start(self) -> None:
         if await asyncio.to_thread(LabRecord.load, self.lab_dir) is not None:
             await lifecycle.down(self.lab_dir, self.prefix, _quiet)  # a run interrupted earlier
+        await asyncio.to_thread(shutil.rmtree, self.lab_dir / SHARED_DISKS, True)
         options = LabOptions(self.lab_dir, len(self.names), 0, LINK_MBIT, "qemu", self.prefix)
         try:
             self.record = await lifecycle.up(options, _quiet)
         except LabError as exc:
             raise ClusterError(f"the lab did not come up: {exc}") from exc
         self.agent_urls = {h.name: f"https://{h.mgmt_ip}:{h.agent_port}" for h in self.record.hosts}
+        # `lab up` registers its disk image: the runs' instances boot from disks of it on the
+        # lab's shared storage, as the lab's own instances do
+        images = {i["name"] for i in await self.call("GET", "/v1/images")}
+        self.image = lifecycle.LAB_IMAGE if lifecycle.LAB_IMAGE in images else None
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._keep_logs)
@@ -115,6 +126,7 @@ class LabCluster:
                     await client.aclose()
         self._api = self._agent_http = None
         await lifecycle.down(self.lab_dir, self.prefix, _quiet)
+        await asyncio.to_thread(shutil.rmtree, self.lab_dir / SHARED_DISKS, True)
 
     def _keep_logs(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)

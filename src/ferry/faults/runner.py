@@ -142,20 +142,30 @@ async def _go(
 
 async def _prepare(cluster: Cluster) -> None:
     """The flavor and a network for the instances, unless the cluster came with them (a lab
-    has its own instance network)."""
+    has its own instance network). The flavor's 1 GiB disk holds the cluster's image (a few KiB
+    on fake hosts)."""
     if not any(f["name"] == FLAVOR for f in await cluster.call("GET", "/v1/flavors")):
-        body = {"name": FLAVOR, "vcpus": 1, "ram_mb": 128}
+        body = {"name": FLAVOR, "vcpus": 1, "ram_mb": 128, "disk_gb": 1}
         await cluster.call("POST", "/v1/flavors", json=body)
     if not await cluster.call("GET", "/v1/networks"):
         await cluster.call("POST", "/v1/networks", json={"name": "default", "cidr": NETWORK_CIDR})
 
 
 async def _populate(cluster: Cluster, scenario: Scenario, sources: list[str]) -> set[str]:
+    """The scenario's instances on the hosts it drains, each with a disk of the cluster's
+    image when it has one (so that every move takes a disk along)."""
     network = (await cluster.call("GET", "/v1/networks"))[0]["name"]
+    disk = {"image": cluster.image} if cluster.image else {}
     names = []
     for host in sources:
         for n in range(scenario.instances):
-            body = {"name": f"{host}-vm{n}", "flavor": FLAVOR, "network": network, "host": host}
+            body = {
+                "name": f"{host}-vm{n}",
+                "flavor": FLAVOR,
+                "network": network,
+                "host": host,
+                **disk,
+            }
             names.append((await cluster.call("POST", "/v1/instances", json=body))["name"])
 
     async def all_running() -> bool:
