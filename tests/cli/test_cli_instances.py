@@ -41,13 +41,25 @@ def test_network_create_list_and_validation(cli: Cli, hosts: list[str]) -> None:
     assert cli("network", "list").stdout.strip() == "no networks"
     made = cli("network", "create", "default", "--cidr", "198.19.0.0/24", "--gateway", "198.19.0.1")
     assert made.stdout.strip() == "network default created"
-    other = json_of(cli, "network", "create", "spare", "--cidr", "10.7.0.0/30")
-    assert other == {"name": "spare", "cidr": "10.7.0.0/30", "gateway": None}
+    other = json_of(cli, "network", "create", "spare", "--cidr", "10.7.0.0/30",
+                    "--allocation-start", "10.7.0.2")  # fmt: skip
+    assert other == {
+        "name": "spare",
+        "cidr": "10.7.0.0/30",
+        "gateway": None,
+        "allocation_start": "10.7.0.2",
+        "allocation_end": None,
+    }
     assert rows(cli("network", "list").stdout) == [
-        ["NAME", "RANGE", "GATEWAY"],
-        ["default", "198.19.0.0/24", "198.19.0.1"],
-        ["spare", "10.7.0.0/30", "-"],
+        ["NAME", "RANGE", "GATEWAY", "ALLOCATION"],
+        ["default", "198.19.0.0/24", "198.19.0.1", "all"],
+        ["spare", "10.7.0.0/30", "-", "10.7.0.2-last"],
     ]
+    reversed_range = cli.fails(
+        "network", "create", "r", "--cidr", "10.6.0.0/24",
+        "--allocation-start", "10.6.0.9", "--allocation-end", "10.6.0.3",
+    )  # fmt: skip
+    assert "allocation_start 10.6.0.9 is after allocation_end 10.6.0.3 (HTTP 422)" in reversed_range
     bad = cli.fails("network", "create", "broken", "--cidr", "198.19.0.0/33")
     assert bad.startswith("error: invalid network range '198.19.0.0/33'") and "HTTP 422" in bad
     outside = cli.fails("network", "create", "x", "--cidr", "10.8.0.0/24", "--gateway", "10.9.0.1")

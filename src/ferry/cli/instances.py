@@ -68,11 +68,25 @@ def network_create(
     name: Name,
     cidr: Annotated[str, typer.Option(help="IPv4 range, e.g. 198.19.0.0/16")],
     gateway: Annotated[str | None, typer.Option(help="never handed to an instance")] = None,
+    allocation_start: Annotated[
+        str | None, typer.Option(help="first address for instances (default: the first)")
+    ] = None,
+    allocation_end: Annotated[
+        str | None, typer.Option(help="last address for instances (default: the last)")
+    ] = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
-    """Create an instance network."""
-    network = api(ctx).post("/v1/networks", {"name": name, "cidr": cidr, "gateway": gateway})
+    """Create an instance network; instances get addresses inside its allocation range (the
+    rest is the network's own: DHCP servers, routers)."""
+    body = {"name": name, "cidr": cidr, "gateway": gateway}
+    body |= {"allocation_start": allocation_start, "allocation_end": allocation_end}
+    network = api(ctx).post("/v1/networks", body)
     emit_json(network) if fmt is Format.JSON else console.print(f"network {name} created")
+
+
+def _allocation(network: dict[str, Any]) -> str:
+    start, end = network.get("allocation_start"), network.get("allocation_end")
+    return "all" if start is None and end is None else f"{start or 'first'}-{end or 'last'}"
 
 
 @networks.command("list")
@@ -88,6 +102,7 @@ def network_list(ctx: typer.Context, fmt: FormatOpt = Format.TABLE) -> None:
             ("NAME", lambda n: n["name"]),
             ("RANGE", lambda n: n["cidr"]),
             ("GATEWAY", lambda n: n["gateway"] or "-"),
+            ("ALLOCATION", _allocation),
         ],
         empty="no networks",
     )
