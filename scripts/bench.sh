@@ -4,9 +4,10 @@
 #   1. the evacuation planner against a one-at-a-time greedy loop (synthetic clusters; no root);
 #   2. the control plane at scale: a real controller with BENCH_SCALE_HOSTS simulated hosts and
 #      BENCH_SCALE_INSTANCES instances, BENCH_SCALE_DRAINS hosts drained at once (no root);
-#   3. a 3-host lab of real QEMU guests (root): single migrations of idle and dirtying guests
-#      against memory / link throughput, then a host's drain (idle and dirtying guests) against
-#      the physical bound and against one migration at a time.
+#   3. a 3-host lab of real QEMU instances of the lab image (root; disks on shared storage,
+#      DHCP addresses, 10 ms probers): single migrations of an idle (BENCH_IDLE_RUNS times, for
+#      a p99) and a dirtying guest (BENCH_RUNS) against memory / link throughput, then a host's
+#      drain (idle and dirtying guests) against the physical bound and one migration at a time.
 # The lab is removed at the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,8 @@ cleanup
 trap cleanup EXIT
 
 ferry lab up --hosts 3 --instances 0 --link-mbit 1000 --prefix "$prefix" --dir "$lab_dir"
-ferry bench migration --dir "$lab_dir" --runs "${BENCH_RUNS:-3}" --out "$out"
+ferry bench migration --dir "$lab_dir" --idle-runs "${BENCH_IDLE_RUNS:-24}" --runs "${BENCH_RUNS:-3}" \
+  --out "$out"
 ferry bench drain --dir "$lab_dir" --instances "${BENCH_DRAIN_INSTANCES:-6}" \
   --workloads idle,dirtying --out "$out"
 ferry bench report "$out"

@@ -3,7 +3,9 @@ bytes the drain moved divided by the source's link throughput, measured by a TCP
 same run) and against the same drain done one migration at a time (`max_parallel` 1,
 `max_outbound` 1, `prepare_ahead` 0: what a client-side loop does), on the same guests in the
 same run, for each workload (idle guests, guests dirtying memory at a set rate). Every guest is
-pinged every 10 ms during each drain: the blackout per instance. The migrations' throughput
+pinged every 10 ms during each drain: the blackout per instance, as lost probes and as the longest
+silence between answers (`probe.py`). The guests are real instances: root disks of the lab
+image on the lab's shared storage, addresses from DHCP. The migrations' throughput
 (bytes sent over each one's time) is set against the link's.
 """
 
@@ -11,19 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ferry.bench.migration import MIB, POLL, Say, _answers, link_throughput
-from ferry.bench.probe import Pinger
+from ferry.bench.migration import (
+    ANSWER_TIMEOUT_S,
+    LAB_IMAGE,
+    MIB,
+    POLL,
+    PROBE_S,
+    Say,
+    _answers,
+    link_throughput,
+)
+from ferry.bench.probe import Pinger, summary
 from ferry.lab.cluster import LabRecord
 from ferry.lab.lifecycle import ControllerApi, LabError, wait_for
 
 ONE_AT_A_TIME = {"max_parallel": 1, "max_outbound": 1, "prepare_ahead": 0}
-PROBE_S = 0.01  # the drain bench's prober: one ping every 10 ms
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class DrainRun:
     blackouts_ms: list[float] = field(default_factory=list)
     downtimes_ms: list[int] = field(default_factory=list)
     throughputs_mibps: list[float] = field(default_factory=list)  # each migration's bytes / time
+    silences_ms: list[float] = field(default_factory=list)  # per instance, wall clock
 
     @property
     def bound_s(self) -> float:
@@ -78,11 +88,7 @@ class DrainRun:
 
 def blackout_summary(values: list[float]) -> dict[str, float]:
     """Median, p99 (nearest rank) and max of per-instance blackouts."""
-    if not values:
-        return {"median": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(values)
-    rank = max(0, math.ceil(0.99 * len(ordered)) - 1)
-    return {"median": statistics.median(ordered), "p99": ordered[rank], "max": ordered[-1]}
+    return summary(values)
 
 
 class DrainBench:
@@ -124,14 +130,14 @@ class DrainBench:
                  f"{workload.dirty_mibps} MiB/s each on {self.hosts[0].name}")  # fmt: skip
         for name in self.names:
             body = {"name": name, "flavor": "tiny", "network": "lab", "host": self.hosts[0].name,
-                    "dirty_rate_mbps": workload.dirty_mibps}  # fmt: skip
+                    "image": LAB_IMAGE, "dirty_rate_mbps": workload.dirty_mibps}  # fmt: skip
             await self.api.call("POST", "/v1/instances", json=body)
         return {name: await self._ready(name) for name in self.names}
 
     async def _ready(self, name: str) -> str:
         inst = await wait_for(lambda: self._running(name), f"{name} to boot", 180)
         ip = str(inst["ports"][0]["ip"])
-        await wait_for(lambda: _answers(ip), f"{name} to answer", 60)
+        await wait_for(lambda: _answers(ip), f"{name} to answer (its DHCP lease)", ANSWER_TIMEOUT_S)
         return ip
 
     async def _running(self, name: str) -> dict[str, Any] | None:
@@ -177,7 +183,7 @@ class DrainBench:
             status = await self._status()
         wall = loop.time() - started
         await asyncio.sleep(0.5)
-        blackouts = [(await p.stop()).ms for p in pingers.values()]
+        probed = [await p.stop() for p in pingers.values()]
         await self.api.call(
             "POST", f"/v1/hosts/{source}/maintenance/exit", json={"reason": "bench"}
         )
@@ -191,9 +197,10 @@ class DrainBench:
             wall_s=wall,
             moved_mib=sum(m["bytes_sent"] or 0 for m in done) / MIB,
             link_mibps=link,
-            blackouts_ms=blackouts,
+            blackouts_ms=[b.ms for b in probed],
             downtimes_ms=[int(m["downtime_ms"] or 0) for m in done],
             throughputs_mibps=[t for m in done if (t := migration_throughput(m)) is not None],
+            silences_ms=[b.silence_ms or 0.0 for b in probed],
         )
 
     async def _status(self) -> dict[str, Any]:
@@ -240,7 +247,7 @@ def _brief(run: DrainRun) -> str:
     return (
         f"{run.workload}, {run.mode}: {run.wall_s:.1f} s for {run.moved_mib:.0f} MiB (bound "
         f"{run.bound_s:.1f} s, x{run.ratio_to_bound:.2f}); blackout median {b['median']:.0f} ms, "
-        f"max {b['max']:.0f} ms"
+        f"max {b['max']:.0f} ms; silence median {summary(run.silences_ms)['median']:.0f} ms"
     )
 
 
@@ -257,6 +264,7 @@ def to_json(runs: list[DrainRun]) -> dict[str, Any]:
             "bound_s": r.bound_s,
             "ratio_to_bound": r.ratio_to_bound,
             "blackout_ms": blackout_summary(r.blackouts_ms),
+            "silence_ms": summary(r.silences_ms),
             "ratio_to_one_at_a_time": r.wall_s / baseline.wall_s if baseline else None,
             "throughput_mibps_median": throughput,
             "throughput_to_link": throughput / r.link_mibps if r.link_mibps else None,

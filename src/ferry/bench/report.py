@@ -15,6 +15,8 @@ from typing import Any
 
 import matplotlib as mpl
 
+from ferry.bench.probe import summary
+
 mpl.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
@@ -132,35 +134,59 @@ def migration_section(results: list[dict[str, Any]], out: Path) -> Section:
     def median(r: dict[str, Any], key: str) -> float:
         return float(statistics.median(s[key] for s in r["samples"]))
 
+    def spread(r: dict[str, Any], key: str) -> str:
+        # results written before the summaries were added: from the samples
+        figures = r.get(key) or summary([float(s[key]) for s in r["samples"]])
+        return "/".join(f"{figures[k]:.0f}" for k in ("median", "p99", "max"))
+
+    probe = results[0].get("probe_interval_ms", 20) if results else 10
     rows: list[list[Cell]] = [
         [
             r["scenario"]["name"],
             r["scenario"]["ram_mb"],
             r["scenario"]["dirty_mibps"],
+            len(r["samples"]),
             r["minimum_s"],
             median(r, "wall_s"),
             r["ratio_to_minimum"],
-            f"{median(r, 'downtime_ms'):.0f}",
-            f"{median(r, 'blackout_ms'):.0f}",
+            spread(r, "downtime_ms"),
+            spread(r, "blackout_ms"),
+            spread(r, "silence_ms") if "silence_ms" in r else "-",
         ]
         for r in results
     ]
+    labels = [r["scenario"]["name"] for r in results]
+    plot = _spread(
+        out / "migration-blackout.png",
+        labels,
+        [[float(s["blackout_ms"]) for s in r["samples"]] for r in results],
+        "ms",
+        f"Blackout per migration ({probe:.0f} ms prober)",
+    )
     return Section(
         "Live migration of one guest",
         "ferry bench migration --dir LAB --out DIR",
-        "Medians of several migrations per scenario (real QEMU in the lab, TLS on). Minimum: "
-        "guest memory / the link's TCP throughput measured in the same run.",
+        "Instances of the lab image (root disk on shared storage, DHCP address) migrated back "
+        "and forth (real QEMU in the lab, TLS on, the default convergence policy). Minimum: "
+        "guest memory / the link's TCP throughput measured in the same run; wall and stream "
+        f"times are medians. Blackout: the longest run of lost probes of a {probe:.0f} ms "
+        "prober per migration, times the interval; silence: the longest time between two of its "
+        "answers (wall clock); downtime: QEMU's own (query-migrate); each median/p99/max over "
+        "the runs.",
         [
             "scenario",
             "RAM MiB",
             "dirty MiB/s",
+            "runs",
             "minimum s",
             "wall s",
             "stream / minimum",
-            "downtime ms",
-            "blackout ms",
+            "downtime ms median/p99/max",
+            "blackout ms median/p99/max",
+            "silence ms median/p99/max",
         ],
         rows,
+        [plot],
     )
 
 
@@ -179,6 +205,9 @@ def drain_section(report: dict[str, Any], out: Path) -> Section:
             r["ratio_to_bound"],
             r["ratio_to_one_at_a_time"] if r["ratio_to_one_at_a_time"] is not None else "-",
             "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
+            "/".join(f"{r['silence_ms'][k]:.0f}" for k in ("median", "p99", "max"))
+            if "silence_ms" in r
+            else "-",
             r.get("throughput_to_link") or "-",
         ]
         for r in runs
@@ -204,8 +233,9 @@ def drain_section(report: dict[str, Any], out: Path) -> Section:
         "A host's guests drained live by Ferry and, as the baseline, by one migration at a time "
         "(max_parallel=1, max_outbound=1, prepare_ahead=0: a client-side loop), on the same "
         "guests in the same run. Physical bound: bytes the drain moved / the source link's TCP "
-        f"throughput measured in the run. Blackout: longest gap of a {probe:.0f} ms prober per "
-        "instance (median/p99/max). Throughput: each migration's bytes over its own time "
+        f"throughput measured in the run. Blackout: longest run of lost probes of a {probe:.0f} ms "
+        "prober per instance, times the interval; silence: the longest time between two of its "
+        "answers (median/p99/max). Throughput: each migration's bytes over its own time "
         "(median), over the link's.",
         [
             "workload",
@@ -215,6 +245,7 @@ def drain_section(report: dict[str, Any], out: Path) -> Section:
             "x bound",
             "x one-at-a-time",
             "blackout ms median/p99/max",
+            "silence ms median/p99/max",
             "migration throughput / link",
         ],
         rows,

@@ -50,8 +50,10 @@ COLUMNS = [
     ("STREAM s", lambda r: f"{_median(r, 'stream_s'):.2f}"),
     ("x MINIMUM", lambda r: f"{r['ratio_to_minimum']:.2f}"),
     ("WALL s", lambda r: f"{_median(r, 'wall_s'):.2f}"),
-    ("DOWNTIME ms", lambda r: f"{_median(r, 'downtime_ms'):.0f}"),
-    ("BLACKOUT ms", lambda r: f"{_median(r, 'blackout_ms'):.0f}"),
+    ("RUNS", lambda r: len(r["samples"])),
+    ("DOWNTIME ms median/p99/max", lambda r: _spread(r, "downtime_ms")),
+    ("BLACKOUT ms median/p99/max", lambda r: _spread(r, "blackout_ms")),
+    ("SILENCE ms median/p99/max", lambda r: _spread(r, "silence_ms")),
     ("SENT MiB", lambda r: f"{_median(r, 'sent_mib'):.0f}"),
     ("PASSES", lambda r: f"{_median(r, 'passes'):.0f}"),
 ]
@@ -63,6 +65,10 @@ def _median(result: dict[str, Any], field: str) -> float:
     return float(statistics.median(s[field] for s in result["samples"]))
 
 
+def _spread(result: dict[str, Any], field: str) -> str:
+    return "/".join(f"{result[field][k]:.0f}" for k in ("median", "p99", "max"))
+
+
 DRAIN_COLUMNS = [
     ("WORKLOAD", lambda r: r["workload"]),
     ("MODE", lambda r: r["mode"]),
@@ -71,10 +77,8 @@ DRAIN_COLUMNS = [
     ("BOUND s", lambda r: f"{r['bound_s']:.1f}"),
     ("x BOUND", lambda r: f"{r['ratio_to_bound']:.2f}"),
     ("x ONE-AT-A-TIME", lambda r: f"{r['ratio_to_one_at_a_time']:.2f}"),
-    (
-        "BLACKOUT ms median/p99/max",
-        lambda r: "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
-    ),
+    ("BLACKOUT ms median/p99/max", lambda r: _spread(r, "blackout_ms")),
+    ("SILENCE ms median/p99/max", lambda r: _spread(r, "silence_ms") if "silence_ms" in r else "-"),
     ("DOWNTIME ms max", lambda r: max(r["downtimes_ms"], default=0)),
 ]
 
@@ -133,15 +137,20 @@ def drain(
 @app.command("migration")
 def migration(
     lab_dir: LabDir = DEFAULT_DIR,
-    runs: Annotated[int, typer.Option(min=1, max=50, help="migrations per scenario")] = 3,
+    runs: Annotated[int, typer.Option(min=1, max=50, help="migrations of the dirtying guest")] = 3,
+    idle_runs: Annotated[
+        int, typer.Option(min=1, max=200, help="migrations of the idle guest (for its p99)")
+    ] = 24,
     max_bandwidth_mib: Annotated[
         int, typer.Option(min=1, max=100_000, help="the migrations' bandwidth cap")
     ] = 1000,
     out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
-    """Migration time and blackout of an idle and a dirtying guest (medians of --runs) against
-    the minimum: guest memory / min(TCP throughput between the hosts, the cap)."""
+    """Migration time of an idle and a dirtying instance of the lab image (medians of
+    --idle-runs and --runs migrations back and forth) against the minimum: guest memory /
+    min(TCP throughput between the hosts, the cap); blackout at 10 ms probes and QEMU's downtime
+    (median, p99, max)."""
     from ferry.bench.migration import MigrationBench, to_json  # noqa: PLC0415
     from ferry.lab.cluster import LabRecord  # noqa: PLC0415
     from ferry.lab.lifecycle import LabError  # noqa: PLC0415
@@ -155,7 +164,7 @@ def migration(
             console.print(f"[bold]bench[/bold] {line}")
 
     try:
-        bench = MigrationBench(record, say, runs, max_bandwidth_mib)
+        bench = MigrationBench(record, say, runs, max_bandwidth_mib, idle_runs)
         results = to_json(asyncio.run(bench.run()))
     except LabError as exc:
         raise CliError(str(exc)) from exc
@@ -166,7 +175,8 @@ def migration(
         table(results, COLUMNS)
         console.print(
             "MINIMUM: guest memory / link throughput; x MINIMUM: median streaming time over it "
-            "(below 1: QEMU skipped zero pages); BLACKOUT: longest gap of 20 ms pings"
+            "(below 1: QEMU skipped zero pages); BLACKOUT: longest run of lost 10 ms pings; "
+            "SILENCE: longest time between two answers"
         )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ferry.bench import planner, report
+from ferry.bench import migration, planner, report
 from ferry.bench.drain import DrainRun, to_json
 from ferry.scheduler.setup import build
 
@@ -38,6 +38,34 @@ def test_a_report_has_a_section_per_result_and_real_plots(tmp_path: Path) -> Non
     for name in ("planner-balance.png", "drain-time.png", "drain-blackout.png"):
         assert f"]({name})" in text
         assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def _sample(downtime_ms: int, blackout_ms: float) -> migration.Sample:
+    return migration.Sample(
+        wall_s=2.0, stream_s=1.0, downtime_ms=downtime_ms, blackout_ms=blackout_ms,
+        silence_ms=blackout_ms + 40,
+        lost_probes=3, sent_mib=90.0, passes=3,
+    )  # fmt: skip
+
+
+def test_the_migration_section_reports_blackout_and_downtime_spreads(tmp_path: Path) -> None:
+    idle = migration.Result(migration.Scenario("idle", 128, 0), 1.12,
+                            [_sample(40 + n, 20.0 + 10 * (n % 3)) for n in range(20)])  # fmt: skip
+    idle.samples.append(_sample(72, 90.0))
+    results = migration.to_json([idle])
+    assert results[0]["probe_interval_ms"] == 10.0
+    # nearest rank: below 100 runs the p99 is the largest
+    assert results[0]["blackout_ms"] == {"median": 30.0, "p99": 90.0, "max": 90.0}
+    assert results[0]["downtime_ms"] == {"median": 50.0, "p99": 72.0, "max": 72.0}
+    report.save(tmp_path, "migration", results)
+
+    text = report.build(tmp_path).read_text()
+
+    assert "## Live migration of one guest" in text
+    assert "| idle | 128 | 0 | 21 | 1.12 |" in text
+    assert "| 50/72/72 | 30/90/90 | 70/130/130 |" in text  # downtime, blackout, silence
+    assert "10 ms prober" in text
+    assert (tmp_path / "migration-blackout.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
