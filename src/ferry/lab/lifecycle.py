@@ -322,7 +322,7 @@ async def down(lab_dir: Path, prefix: str, say: Say) -> None:
             f"killed {len(report.killed)} process(es) left in them"
         )
     if record is not None:
-        for leftover in ("lab.json", "state", "hosts"):
+        for leftover in ("lab.json", "state", "hosts", "shared-disks"):
             path = Path(record.dir) / leftover
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -30,8 +30,9 @@ BUILD_TIMEOUT = timedelta(minutes=15)
 
 def root_disk(instance: Instance) -> DiskIn | None:
     """The instance's root disk: an overlay on its catalog image (loaded with the instance, see
-    `Instance.image_ref`) of the flavor's disk size, or of the image's virtual size when the
-    flavor has no disk (0 GiB); None without an image."""
+    `Instance.image_ref`) of the size the instance claims: the flavor's disk, or where the
+    flavor has none (0 GiB) the image's virtual size rounded up to whole GiB, the unit the
+    scheduler counts (`services.instances.root_disk_gb`); None without an image."""
     image = instance.image_ref
     if image is None:
         return None
