@@ -127,3 +127,30 @@ def test_a_drain_moves_disk_instances_with_dhcp_addresses_and_their_data(lab: Pa
     # data did not: what the link carried beyond the RAM is far less than the disks hold.
     assert link >= ram * 0.95
     assert link - ram < min(32 * MIB, allocated / 2), (link, ram, allocated)
+
+
+def leases_held(lab: Path) -> dict[str, list[str]]:
+    """host -> the MACs its dnsmasq holds a lease for (its lease file)."""
+    held = {}
+    for path in sorted(lab.glob("hosts/*/run/dhcp-lab/leases")):
+        held[path.parts[-4]] = [line.split()[1] for line in path.read_text().splitlines() if line]
+    return held
+
+
+def test_an_address_reused_by_a_new_instance_is_leased_at_once(lab: Path) -> None:
+    """Addresses are reused as soon as their instance is deleted; the hosts' DHCP servers
+    release the deleted port's lease, so the new MAC gets the address and no server keeps the
+    old one (dnsmasq refuses an address another MAC's lease holds until that lease expires)."""
+    first = ferry_json("instance", "create", "old", "--flavor", "tiny", "--network", "lab",
+                       "--image", "lab", "--wait", lab=lab)  # fmt: skip
+    ip, old_mac = first["ports"][0]["ip"], first["ports"][0]["mac"]
+    assert answers(ip), f"old does not answer at {ip}"
+    assert any(old_mac in macs for macs in leases_held(lab).values())
+    ferry("instance", "delete", "old", "--wait", lab=lab)
+    second = ferry_json("instance", "create", "new", "--flavor", "tiny", "--network", "lab",
+                        "--image", "lab", "--wait", lab=lab)  # fmt: skip
+    assert second["ports"][0]["ip"] == ip and second["ports"][0]["mac"] != old_mac
+    assert answers(ip), f"new does not answer at the reused address {ip}"
+    assert page(ip)["name"] == "new"
+    held = leases_held(lab)
+    assert not any(old_mac in macs for macs in held.values()), held

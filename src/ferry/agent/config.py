@@ -99,6 +99,7 @@ class DhcpSettings(BaseModel):
     )
     lease_s: int = Field(default=3600, ge=120, le=86400)
     binary: str = "dnsmasq"
+    release_binary: str = "dhcp_release"  # dnsmasq-utils: releases a deleted port's lease
 
 
 class AgentSettings(BaseModel):

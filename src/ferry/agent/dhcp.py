@@ -118,6 +118,7 @@ class DhcpServer:
         if self.pid() is not None:
             log.info("dnsmasq of %s runs already (pid %s)", self.settings.network, self.pid())
             self.reload()
+            await self.release_stale()
             return
         argv = dnsmasq_argv(self.settings, self.bridge, self.workdir)
         proc = await asyncio.create_subprocess_exec(
@@ -128,6 +129,7 @@ class DhcpServer:
             why = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
             raise DhcpError(f"dnsmasq for {self.settings.network} did not start: {why}")
         (self.workdir / "argv.json").write_text(json.dumps(argv))
+        await self.release_stale()  # it read its lease file: ports deleted meanwhile
 
     def stop(self) -> None:
         pid = self.pid()
@@ -189,7 +191,38 @@ class DhcpServer:
         leases = [Lease(item["mac"], item["ip"], item["hostname"]) for item in body["leases"]]
         if self.replace(leases, body.get("gateway")):
             log.info("%s: serving %d leases", self.settings.network, len(self.leases))
+            await self.release_stale()
         self._etag = response.headers.get("ETag")
+
+    def granted(self) -> list[Lease]:
+        """The leases dnsmasq holds now, from its lease file (expiry, MAC, IP, hostname, id)."""
+        try:
+            lines = (self.workdir / "leases").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        held = []
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 4:
+                held.append(Lease(fields[1], fields[2], fields[3]))
+        return held
+
+    async def release_stale(self) -> list[Lease]:
+        """Release every lease dnsmasq holds for a MAC it no longer serves. An address is
+        reused as soon as its instance is deleted, and dnsmasq refuses to give an address that a
+        lease of another MAC still holds ("no address available") until that lease expires;
+        Neutron's DHCP agent releases them the same way (`dhcp_release`, dnsmasq-utils)."""
+        served = {lease.mac for lease in self.served()}
+        stale = [lease for lease in self.granted() if lease.mac not in served]
+        for lease in stale:
+            proc = await asyncio.create_subprocess_exec(
+                self.settings.release_binary, self.bridge, lease.ip, lease.mac,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _out, err = await proc.communicate()
+            if proc.returncode != 0:
+                log.warning("releasing %s of %s failed: %s", lease.ip, lease.mac, err.decode())
+        return stale
 
 
 def _write_file(path: Path, text: str) -> None:
