@@ -73,7 +73,7 @@ def _upload(ctx: typer.Context, name: str, path: Path, fmt: DiskFormat, size: in
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=Console(stderr=True, emoji=False),
         transient=True,
         disable=not sys.stderr.isatty(),
     )

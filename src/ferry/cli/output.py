@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 # Piped output is read by scripts and pagers: do not wrap it at 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+# No emoji codes: a MAC such as 52:54:00:ab:87:29 holds ":ab:", which rich would print as an emoji.
+console = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 class Format(StrEnum):
