@@ -52,7 +52,16 @@ class DiskStore:
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{DISK_FILE}.new")
-        size = max(disk.size_bytes, disk.image.virtual_size_bytes)
+        try:
+            await self._make(temp, disk, base, max(disk.size_bytes, disk.image.virtual_size_bytes))
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        temp.replace(path)
+        return path
+
+    async def _make(self, temp: Path, disk: DiskSpec, base: Path, size: int) -> None:
+        """Write the overlay of `size` bytes on `base` at `temp` (renamed into place after)."""
         proc = await asyncio.create_subprocess_exec(
             self.qemu_img, "create", "-q", "-f", "qcow2", "-F", disk.image.format,
             "-b", str(base), str(temp), str(size),
@@ -60,11 +69,8 @@ class DiskStore:
         )  # fmt: skip
         _out, err = await proc.communicate()
         if proc.returncode != 0:
-            temp.unlink(missing_ok=True)
             why = err.decode(errors="replace").strip() or f"exit {proc.returncode}"
-            raise DriverError(f"cannot create the disk of {instance_id}: {why}")
-        temp.replace(path)
-        return path
+            raise DriverError(f"cannot create the disk of {temp.parent.name}: {why}")
 
     def remove(self, instance_id: str) -> None:
         shutil.rmtree(self.settings.path / instance_id, ignore_errors=True)

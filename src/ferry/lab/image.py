@@ -99,7 +99,8 @@ def initramfs_entries(busybox: bytes, modules: ModuleSet) -> list[CpioEntry]:
     return entries
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -136,7 +137,7 @@ def _existing(out_dir: Path, inputs: str) -> dict[str, object] | None:
     kernel, initrd = out_dir / KERNEL_FILE, out_dir / INITRD_FILE
     if not (kernel.is_file() and initrd.is_file()):
         return None
-    intact = _sha256_file(kernel) == old.get("kernel_sha256") and _sha256_file(initrd) == old.get(
+    intact = sha256_file(kernel) == old.get("kernel_sha256") and sha256_file(initrd) == old.get(
         "initrd_sha256"
     )
     return old if intact else None

@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferry.lab.image import APPLETS
+from ferry.lab.image import APPLETS, sha256_file
 from ferry.lab.image_cpio import CpioEntry, char_device, directory, regular, symlink, write_newc
 from ferry.lab.image_init import INDEX_CGI, MODULE_DIR, WWW_DIR
 from ferry.lab.image_rootfs import DATA_DIR, UDHCPC_SCRIPT, boot_init, disk_cgi, root_init
@@ -199,14 +199,6 @@ def _assemble(work: Path, boot: Path, root: Path) -> Path:
     return qcow2
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _up_to_date(out_dir: Path, inputs: str) -> dict[str, object] | None:
     try:
         old = json.loads((out_dir / MANIFEST_FILE).read_text())
@@ -215,7 +207,7 @@ def _up_to_date(out_dir: Path, inputs: str) -> dict[str, object] | None:
     if not isinstance(old, dict) or old.get("format") != FORMAT or old.get("inputs") != inputs:
         return None
     disk = out_dir / DISK_FILE
-    return old if disk.is_file() and _sha256_file(disk) == old.get("sha256") else None
+    return old if disk.is_file() and sha256_file(disk) == old.get("sha256") else None
 
 
 def build_disk_image(
@@ -244,7 +236,7 @@ def build_disk_image(
         boot = _boot_partition(work, kernel, gzip.compress(boot_cpio, 9, mtime=0))
         root_mib = DISK_MIB - BOOT_MIB - 1
         qcow2 = _assemble(work, boot, _root_partition(work, root, root_mib))
-        sha = _sha256_file(qcow2)
+        sha = sha256_file(qcow2)
         qcow2.replace(out_dir / DISK_FILE)
     manifest = {"format": FORMAT, "inputs": inputs, "sha256": sha, "kernel_version": version}
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

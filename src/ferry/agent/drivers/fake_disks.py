@@ -18,13 +18,6 @@ from ferry.agent.storage import DiskStore
 
 
 class FakeDiskStore(DiskStore):
-    async def create(self, instance_id: str, disk: DiskSpec, base: Path) -> Path:
-        path = self.path(instance_id)
-        if path.is_file():
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.new")
-        size = max(disk.size_bytes, disk.image.virtual_size_bytes)
-        temp.write_text(json.dumps({"image": disk.image.sha256, "size": size, "base": str(base)}))
-        temp.replace(path)
-        return path
+    async def _make(self, temp: Path, disk: DiskSpec, base: Path, size: int) -> None:
+        record = {"image": disk.image.sha256, "size": size, "base": str(base)}
+        temp.write_text(json.dumps(record))  # noqa: ASYNC240 - a few bytes, a simulated host
