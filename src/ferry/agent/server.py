@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ferry import __version__
@@ -110,18 +110,34 @@ def create_agent_app(driver: Driver, host: str, dhcp: Sequence[DhcpServer] = ())
         serve_leases(spec)
         return report(await driver.prepare_incoming(spec, body.port, _params(body.params)))
 
-    @app.post("/v1/guests/{instance_id}/migrate", status_code=202)
+    @app.delete("/v1/guests/{instance_id}", status_code=204)
+    async def destroy(instance_id: str) -> Response:
+        await driver.destroy(instance_id)
+        return Response(status_code=204)
+
+    app.include_router(migration_routes(driver))
+    if isinstance(driver, FakeDriver):  # simulated hosts only: faults on demand
+        app.include_router(fault_routes(driver))
+    return app
+
+
+def migration_routes(driver: Driver) -> APIRouter:
+    """The steps of a live migration after the destination is prepared (`incoming`): the
+    source's stream, its progress and tuning, both ends' finish, and the aborts."""
+    router = APIRouter()
+
+    @router.post("/v1/guests/{instance_id}/migrate", status_code=202)
     async def migrate(instance_id: str, body: MigrateIn) -> Response:
         channel = MigrationChannel(body.address, body.port, body.tls_hostname)
         await driver.migrate(instance_id, channel, _params(body.params))
         return Response(status_code=202)
 
-    @app.get("/v1/guests/{instance_id}/migration", response_model=MigrationProgressOut)
+    @router.get("/v1/guests/{instance_id}/migration", response_model=MigrationProgressOut)
     async def migration(instance_id: str) -> MigrationProgressOut:
         progress = await driver.migration_status(instance_id)
         return MigrationProgressOut(**asdict(progress))
 
-    @app.post("/v1/guests/{instance_id}/migration/tune", status_code=204)
+    @router.post("/v1/guests/{instance_id}/migration/tune", status_code=204)
     async def tune(instance_id: str, body: TuneIn) -> Response:
         await driver.tune_migration(
             instance_id,
@@ -131,25 +147,20 @@ def create_agent_app(driver: Driver, host: str, dhcp: Sequence[DhcpServer] = ())
         )
         return Response(status_code=204)
 
-    @app.post("/v1/guests/{instance_id}/migration/finish-destination", response_model=GuestReport)
+    @router.post(
+        "/v1/guests/{instance_id}/migration/finish-destination", response_model=GuestReport
+    )
     async def finish_destination(instance_id: str) -> GuestReport:
         return report(await driver.finish_destination(instance_id))
 
-    @app.post("/v1/guests/{instance_id}/migration/finish-source", status_code=204)
+    @router.post("/v1/guests/{instance_id}/migration/finish-source", status_code=204)
     async def finish_source(instance_id: str) -> Response:
         await driver.finish_source(instance_id)
         return Response(status_code=204)
 
-    @app.post("/v1/guests/{instance_id}/migration/abort", status_code=204)
+    @router.post("/v1/guests/{instance_id}/migration/abort", status_code=204)
     async def abort(instance_id: str, role: Literal["source", "destination"]) -> Response:
         await driver.abort_migration(instance_id, source=role == "source")
         return Response(status_code=204)
 
-    @app.delete("/v1/guests/{instance_id}", status_code=204)
-    async def destroy(instance_id: str) -> Response:
-        await driver.destroy(instance_id)
-        return Response(status_code=204)
-
-    if isinstance(driver, FakeDriver):  # simulated hosts only: faults on demand
-        app.include_router(fault_routes(driver))
-    return app
+    return router
