@@ -7,6 +7,8 @@ import signal
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,15 @@ class TlsCluster:
     def stop_all(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
+
+
+@contextmanager
+def started(root: Path) -> Iterator[TlsCluster]:
+    """A cluster in `root` with its controller running; every process it started is stopped
+    after, whatever happened."""
+    running = TlsCluster(root)
+    running.start_controller()
+    try:
+        yield running
+    finally:
+        running.stop_all()

@@ -15,17 +15,13 @@ import httpx
 import pytest
 
 from ferry.pki.ca import init_ca, issue
-from tests.functional.cluster import TlsCluster, wait_until
+from tests.functional.cluster import TlsCluster, started, wait_until
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[TlsCluster]:
-    running = TlsCluster(tmp_path)
-    running.start_controller()
-    try:
+    with started(tmp_path) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 def _instance(cluster: TlsCluster, name: str) -> dict[str, Any]:

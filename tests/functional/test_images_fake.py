@@ -16,19 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.functional.cluster import TlsCluster, wait_until
+from tests.functional.cluster import TlsCluster, started, wait_until
 
 SIZE = 512 << 20  # long enough to be caught mid-download on loopback
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[TlsCluster]:
-    running = TlsCluster(tmp_path)
-    running.start_controller()
-    try:
+    with started(tmp_path) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 def _image(cluster: TlsCluster, path: Path) -> str:
