@@ -191,31 +191,7 @@ class ImageService:
             async with self.store.write() as session:
                 if await session.scalar(select(Image.id).where(Image.name == name)):
                     raise Conflict(f"an image named {name!r} exists already")
-                image = Image(
-                    id=image_id,
-                    name=name,
-                    format=fmt,
-                    size_bytes=got.size,
-                    virtual_size_bytes=virtual,
-                    sha256=got.sha256,
-                    created_by=actor,
-                )
-                session.add(image)
-                record(
-                    session,
-                    EventKind.IMAGE_CREATED,
-                    actor,
-                    f"image {name} created: {fmt}, {size_text(got.size)},"
-                    f" virtual {size_text(virtual)}",
-                    data={
-                        "image": name,
-                        "id": image_id,
-                        "format": fmt,
-                        "size_bytes": got.size,
-                        "virtual_size_bytes": virtual,
-                        "sha256": got.sha256,
-                    },
-                )
+                image = _add(session, image_id, name, fmt, got, virtual, actor)
                 await session.flush()
                 # In place before the commit: a crash in between leaves a file without a row,
                 # which the next start sweeps; never a row without its file.
@@ -332,3 +308,40 @@ class ImageService:
                 "removed %s from %s: no image of the catalog names it", name, self.directory
             )
         return removed
+
+
+def _add(
+    session: AsyncSession,
+    image_id: str,
+    name: str,
+    fmt: str,
+    got: Received,
+    virtual: int,
+    actor: str,
+) -> Image:
+    """The image's row and its `image.created` event, in the caller's transaction."""
+    image = Image(
+        id=image_id,
+        name=name,
+        format=fmt,
+        size_bytes=got.size,
+        virtual_size_bytes=virtual,
+        sha256=got.sha256,
+        created_by=actor,
+    )
+    session.add(image)
+    record(
+        session,
+        EventKind.IMAGE_CREATED,
+        actor,
+        f"image {name} created: {fmt}, {size_text(got.size)}, virtual {size_text(virtual)}",
+        data={
+            "image": name,
+            "id": image_id,
+            "format": fmt,
+            "size_bytes": got.size,
+            "virtual_size_bytes": virtual,
+            "sha256": got.sha256,
+        },
+    )
+    return image
