@@ -28,14 +28,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from qemu.qmp import QMPClient
 
 from ferry.agent.config import StorageSettings
 from ferry.agent.drivers.base import (
+    DiskCopy,
     DiskInventory,
     DiskSpec,
     Driver,
@@ -55,6 +57,7 @@ from ferry.agent.drivers.qemu_argv import QemuConfig, TlsFiles
 from ferry.agent.storage import DiskStore
 from ferry.lab.image import GuestImage, ImageError, build_image
 from ferry.lab.image_disk import DiskImage, build_disk_image
+from ferry.orchestrator.migration.ports import disk_port
 from ferry.pki.ca import init_ca, issue
 
 MIB = 2**20
@@ -146,9 +149,13 @@ class InNamespace(Driver):
         return await self._in(self.inner.list())
 
     async def prepare_incoming(
-        self, spec: GuestSpec, port: int, params: MigrationParams
+        self,
+        spec: GuestSpec,
+        port: int,
+        params: MigrationParams,
+        disk: DiskCopy | None = None,
     ) -> GuestStatus:
-        return await self._in(self.inner.prepare_incoming(spec, port, params))
+        return await self._in(self.inner.prepare_incoming(spec, port, params, disk))
 
     async def migrate(
         self, instance_id: str, channel: MigrationChannel, params: MigrationParams
@@ -310,6 +317,7 @@ class DriverPair:
     channel: MigrationChannel
     image: ImageSpec
     marker: str  # in the command line of every QEMU of this pair (its run directory)
+    source_name: str  # the source host's certificate name (the disk export admits it alone)
     names: Iterator[int] = field(default_factory=itertools.count)
 
     @property
@@ -324,6 +332,16 @@ class DriverPair:
     def port(self) -> int:
         return self.channel.port
 
+    @property
+    def disk_copy(self) -> DiskCopy:
+        """What a destination exports a local disk's copy with."""
+        return DiskCopy(disk_port(self.port), self.source_name)
+
+    @property
+    def disk_channel(self) -> MigrationChannel:
+        """The channel of a migration that copies a local disk."""
+        return replace(self.channel, disk_port=disk_port(self.port))
+
     def spec(self, *, disk: bool = False) -> GuestSpec:
         """A new guest: 1 vCPU, 128 MiB, one port on the lab network; a root disk if asked."""
         number = next(self.names)
@@ -331,6 +349,29 @@ class DriverPair:
         port = PortSpec("lab", mac, f"198.18.0.{10 + number}/16", "198.18.0.1")
         root = DiskSpec(self.image, self.image.virtual_size_bytes) if disk else None
         return GuestSpec(str(uuid.uuid4()), f"ct{number}", 1, 128, (port,), disk=root)
+
+    async def write_disk(self, host: Host, instance_id: str, command: str) -> None:
+        """qemu-io `command` on the guest's disk through its running QEMU (HMP `qemu-io` on its
+        disk device, as the guest would write; QEMU prints the outcome to its own stdout): the
+        qemu kind only, the fake has no data."""
+        if self.kind == "fake":
+            return
+        inner = host.driver.inner if isinstance(host.driver, InNamespace) else host.driver
+        assert isinstance(inner, QemuDriver)
+        client = QMPClient(f"disk-io-{instance_id[:8]}")
+        await client.connect(str(inner.config.run_dir / instance_id / "qmp.sock"))
+        try:
+            line = f'qemu-io -d /machine/peripheral/disk0/virtio-backend "{command}"'
+            await client.execute("human-monitor-command", {"command-line": line})
+        finally:
+            await client.disconnect()
+
+    def read_disk(self, host: Host, instance_id: str, command: str) -> str:
+        """qemu-io `command` on the guest's disk file, read-only beside its QEMU: its output."""
+        if self.kind == "fake":
+            return ""
+        path = str(host.store.path(instance_id))
+        return sh("qemu-io", "-r", "-U", "-f", "qcow2", "-c", command, path)
 
     def processes(self, instance_id: str) -> int:
         """How many hypervisor processes run the guest on either host (the fake: none)."""
@@ -433,7 +474,8 @@ async def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             size = lab.disk.path.stat().st_size
             image = ImageSpec("img-1", "contract", "qcow2", size, lab.disk.virtual_size,
                               lab.disk.sha256)  # fmt: skip
-        pair = DriverPair(kind, hosts[0], hosts[1], channel, image, str(root))
+        source_name = "host-a" if lab is None else "host1"
+        pair = DriverPair(kind, hosts[0], hosts[1], channel, image, str(root), source_name)
         pairs.append(pair)
         return pair
 

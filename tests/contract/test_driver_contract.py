@@ -202,3 +202,91 @@ async def test_destroy_removes_the_disk(make_pair: PairFactory) -> None:
     await pair.source.destroy(spec.id)
     assert not pair.source_host.store.exists(spec.id)
     assert await pair.source.get(spec.id) is None
+
+
+# -- local disks copied with the guest -----------------------------------------------------------
+
+
+async def _mirroring(pair: DriverPair, instance_id: str) -> None:
+    async def started() -> bool:
+        reading = await pair.source.migration_status(instance_id)
+        return reading.status == "mirroring" and reading.disk_total_bytes > 0
+
+    await pair.until("mirroring", started)
+
+
+async def test_local_storage_the_disk_is_copied_with_the_guest(make_pair: PairFactory) -> None:
+    pair = await make_pair("local")
+    spec = pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    source_disk = pair.source_host.store.path(spec.id)
+    # Data the guest's disk holds, far from anything its filesystem uses (the qemu kind).
+    await pair.write_disk(pair.source_host, spec.id, "write -P 0xa7 192M 4M")
+    await pair.dest.prepare_incoming(spec, pair.port, FAST, pair.disk_copy)
+    again = await pair.dest.prepare_incoming(spec, pair.port, FAST, pair.disk_copy)  # a retry
+    assert again.power is GuestPower.INCOMING and pair.dest_host.store.exists(spec.id)
+    await pair.source.migrate(spec.id, pair.disk_channel, FAST)  # the disk first
+
+    async def in_sync() -> bool:
+        reading = await pair.source.migration_status(spec.id)
+        assert reading.status == "mirroring", reading  # no RAM before the disk is in sync
+        return reading.disk_ready
+
+    await pair.until("in sync", in_sync)
+    synced = await pair.source.migration_status(spec.id)
+    assert synced.disk_total_bytes >= (4 << 20 if pair.kind == "qemu" else 1), synced
+    assert synced.disk_copied_bytes == synced.disk_total_bytes
+    await pair.source.migrate(spec.id, pair.disk_channel, FAST)  # in sync: the RAM now
+    done = await pair.complete(spec.id)
+    assert done.transferred_bytes > 0 and done.disk_copied_bytes >= synced.disk_copied_bytes
+    assert source_disk.is_file()  # until the destination runs the guest
+    await pair.dest.finish_destination(spec.id)
+    read = pair.read_disk(pair.dest_host, spec.id, "read -P 0xa7 192M 4M")
+    assert pair.kind == "fake" or ("read 4194304/4194304" in read and "fail" not in read), read
+    await pair.source.finish_source(spec.id)
+    await pair.source.finish_source(spec.id)  # finished before
+    assert not source_disk.exists() and pair.dest_host.store.exists(spec.id)
+    source_disks, dest_disks = await pair.source.disks(), await pair.dest.disks()
+    assert source_disks is not None and source_disks.instance_ids == []
+    assert dest_disks is not None and dest_disks.instance_ids == [spec.id]
+    running = await pair.dest.get(spec.id)
+    assert running is not None and running.power is GuestPower.RUNNING
+
+
+async def test_an_abort_mid_mirror_keeps_the_source_and_removes_the_copy(
+    make_pair: PairFactory,
+) -> None:
+    pair = await make_pair("local")
+    spec = pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    await pair.write_disk(pair.source_host, spec.id, "write -P 0x5c 160M 16M")  # 16 s at SLOW
+    await pair.dest.prepare_incoming(spec, pair.port, SLOW, pair.disk_copy)
+    await pair.source.migrate(spec.id, pair.disk_channel, SLOW)
+    await _mirroring(pair, spec.id)
+    await pair.source.migrate(spec.id, pair.disk_channel, SLOW)  # not in sync: nothing changes
+    assert (await pair.source.migration_status(spec.id)).status == "mirroring"
+    await pair.source.abort_migration(spec.id, source=True)
+    await pair.source.abort_migration(spec.id, source=True)  # again: it just runs on
+    after = await pair.source.migration_status(spec.id)
+    assert after.status in ("none", "cancelled") and not after.disk_ready, after
+    guest = await pair.source.get(spec.id)
+    assert guest is not None and guest.power is GuestPower.RUNNING
+    await pair.dest.abort_migration(spec.id, source=False)
+    assert await pair.dest.get(spec.id) is None
+    assert not pair.dest_host.store.exists(spec.id)  # the partial copy is gone
+    assert pair.source_host.store.exists(spec.id)  # the guest's own disk is not
+    # A new attempt starts from scratch and completes.
+    await pair.dest.prepare_incoming(spec, pair.port, FAST, pair.disk_copy)
+    await pair.source.migrate(spec.id, pair.disk_channel, FAST)
+    await _mirroring(pair, spec.id)
+
+
+async def test_a_disk_copy_goes_only_to_local_storage(driver_pair: DriverPair) -> None:
+    pair, spec = driver_pair, driver_pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    with pytest.raises(DriverError, match="local disks move only to local storage"):
+        await pair.dest.prepare_incoming(spec, pair.port, FAST, pair.disk_copy)
+    diskless = pair.spec()
+    with pytest.raises(DriverError, match="has no disk to copy"):
+        await pair.dest.prepare_incoming(diskless, pair.port, FAST, pair.disk_copy)
+    assert await pair.dest.get(diskless.id) is None

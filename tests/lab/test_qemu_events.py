@@ -18,7 +18,7 @@ import pytest
 from ferry.agent.drivers.base import GuestSpec, MigrationChannel, MigrationEvent, MigrationParams
 from ferry.agent.drivers.qemu_argv import EVENTS_SOCK, QemuConfig, guest_argv, incoming_argv
 from ferry.agent.drivers.qemu_events import EventWatch, connect
-from ferry.agent.drivers.qemu_migration import listen, run, send, tcp_uri
+from ferry.agent.drivers.qemu_stream import listen, run, send, tcp_uri
 from ferry.lab.image import GuestImage
 from tests.lab.conftest import LOOPBACK, ImageGuests
 

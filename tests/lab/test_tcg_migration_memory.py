@@ -33,7 +33,7 @@ from qemu.qmp import QMPClient
 
 from ferry.agent.drivers.base import GuestSpec, MigrationChannel, MigrationParams
 from ferry.agent.drivers.qemu_argv import QemuConfig, guest_argv, incoming_argv
-from ferry.agent.drivers.qemu_migration import listen, send, tcp_uri
+from ferry.agent.drivers.qemu_stream import listen, send, tcp_uri
 from ferry.lab.image import GuestImage
 from tests.lab.conftest import LOOPBACK, ImageGuests
 

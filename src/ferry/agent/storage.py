@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.agent.config import StorageSettings
-from ferry.agent.drivers.base import DiskInventory, DiskSpec, DriverError, GuestSpec
+from ferry.agent.drivers.base import DiskCopy, DiskInventory, DiskSpec, DriverError, GuestSpec
 from ferry.agent.images import ImageFetcher
 
 DISK_FILE = "disk.qcow2"
@@ -87,26 +87,46 @@ class DiskStore:
         return StorageUsage(usage.total, usage.free)
 
 
+def check_incoming(store: DiskStore | None, spec: GuestSpec, copy: DiskCopy | None) -> None:
+    """Whether a migration target of `spec` can have its disk here: on shared storage the
+    source's own file, on local storage a copy (`copy`: the source mirrors into it)."""
+    if spec.disk is None:
+        if copy is not None:
+            raise DriverError(f"{spec.name} has no disk to copy")
+        return
+    if store is None:
+        raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
+    if copy is None and not store.shared:
+        raise DriverError(
+            f"{spec.name}: its disk is on another host's local storage, which this host cannot "
+            "open: it moves here only with a copy of its disk"
+        )
+    if copy is not None and store.shared:
+        raise DriverError(
+            f"{spec.name}: local disks move only to local storage, and this host's is the "
+            f"shared pool {store.settings.pool!r}"
+        )
+
+
 async def attach(
     store: DiskStore | None, images: ImageFetcher | None, spec: GuestSpec, *, incoming: bool
 ) -> tuple[Path, Path] | None:
     """(overlay, image) that `spec` starts on here, its image fetched and its overlay made on a
-    first start; None for a diskless guest. A migration target opens the source's overlay,
-    which only shared storage lets it reach. Without a fetcher (simulated hosts at scale) the
-    image is taken as cached."""
+    first start; None for a diskless guest. A migration target (`check_incoming` passed) opens
+    the source's overlay on shared storage, and on local storage makes an empty overlay of the
+    same size on the same image, replacing any copy a failed attempt left: only the overlay's
+    own data then crosses the link. Without a fetcher (simulated hosts at scale) the image is
+    taken as cached."""
     if spec.disk is None:
         return None
     if store is None:
         raise DriverError(f"{spec.name} has a disk but this host has no instance storage")
     image = spec.disk.image
     base = await images.ensure(image) if images else Path("/cached") / image.sha256
-    if not incoming:
+    if incoming and not store.shared:
+        store.remove(spec.id)
+    if not incoming or not store.shared:
         return await store.create(spec.id, spec.disk, base), base
-    if not store.shared:
-        raise DriverError(
-            f"{spec.name}: its disk is on another host's local storage, which this host cannot "
-            "open (live migration with local disks is not supported)"
-        )
     if not store.exists(spec.id):
         raise DriverError(
             f"{spec.name}: no disk at {store.path(spec.id)}: the source's disk is not in this "

@@ -5,8 +5,10 @@ made (process, tap, run files); `list`/`get` report what runs now, including ins
 started before the agent (re)started: drivers re-attach to them, they never restart them.
 
 Live migration handshake (Ganeti's shape; implemented with the migration workflow):
-  destination  prepare_incoming(spec, channel) -> listening, tap ready
-  source       migrate(id, channel, params)    -> transfer starts
+  destination  prepare_incoming(spec, channel) -> listening, tap ready (a local disk: an empty
+                                                  copy exported over NBD with TLS)
+  source       migrate(id, channel, params)    -> transfer starts (a local disk: the mirror
+                                                  first; called again once it is in sync, RAM)
   source       migration_status(id)            -> progress (query-migrate), read when due
                                                   and whenever an event says it changed
   destination  finish_destination(id)          -> guest runs here
@@ -130,6 +132,17 @@ class MigrationChannel:
     address: str  # the destination host's migration address
     port: int
     tls_hostname: str  # checked against the destination certificate's SANs
+    disk_port: int | None = None  # a local disk: the destination's NBD export of its copy
+
+
+@dataclass(frozen=True)
+class DiskCopy:
+    """Destination: a local disk comes with the guest. An empty overlay of the source's size on
+    the same cached image is exported over NBD with TLS on `port`, writable by the certificate
+    of `source_host` alone; the source mirrors its overlay into it before the RAM moves."""
+
+    port: int
+    source_host: str
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,9 @@ class MigrationParams:
 class MigrationProgress:
     """One reading of a migration, from the source's point of view (QEMU's query-migrate)."""
 
-    status: str  # none, setup, active, postcopy-active, device, completed, failed, cancelled
+    # none, mirroring (the disk only), setup, active, pre-switchover, postcopy-active, device,
+    # completed, failed, cancelled
+    status: str
     total_bytes: int = 0
     transferred_bytes: int = 0
     remaining_bytes: int = 0
@@ -157,6 +172,17 @@ class MigrationProgress:
     downtime_ms: int | None = None  # after completion
     total_time_ms: int | None = None
     error: str | None = None
+    # A local disk copied with the guest (status `mirroring` while only the disk moves): the
+    # overlay's allocated bytes to copy, copied so far, and whether the copy is in sync (from
+    # then on every guest write reaches both ends before it completes).
+    disk_total_bytes: int = 0
+    disk_copied_bytes: int = 0
+    disk_ready: bool = False
+    disk_throughput_mbps: float = 0.0
+
+    @property
+    def disk_remaining_bytes(self) -> int:
+        return max(self.disk_total_bytes - self.disk_copied_bytes, 0)
 
     @property
     def finished(self) -> bool:
@@ -251,18 +277,27 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def prepare_incoming(
-        self, spec: GuestSpec, port: int, params: MigrationParams
+        self,
+        spec: GuestSpec,
+        port: int,
+        params: MigrationParams,
+        disk: DiskCopy | None = None,
     ) -> GuestStatus:
         """Destination: start the guest paused, waiting for a TLS stream on `port`, taps ready;
         its status is INCOMING (detail "migration target (inmigrate)").
 
         Idempotent: a target of this guest already here is returned as it is (a retry). A
-        STOPPED guest here is replaced. A disk guest opens the disk the source uses, which it
-        finds on shared storage of the same pool. Refuses when:
+        STOPPED guest here is replaced. A disk guest on shared storage opens the disk the
+        source uses, which it finds in the same pool. With `disk` (a local disk), the guest's
+        disk here is made afresh (any copy a failed attempt left is replaced: a target's disk
+        is never the guest's until `finish_destination`) and exported as `DiskCopy` says.
+        Refuses when:
         - the guest runs here as a guest, not a target ("already runs on this host; it cannot
           move here");
-        - the guest has a disk and this host's storage is local ("its disk is on another host's
-          local storage"), or shared but without that disk ("no disk at ...");
+        - the guest has a disk and this host's storage is local but no `disk` is given ("its
+          disk is on another host's local storage"), or shared but without that disk ("no disk
+          at ..."), or `disk` is given and the storage here is shared ("local disks move only
+          to local storage");
         - the host has no TLS credentials (QEMU: "no TLS credentials"; there is no plaintext
           migration), or what `spawn` refuses for; nothing of the attempt is left.
         """
@@ -273,7 +308,14 @@ class Driver(abc.ABC):
     ) -> None:
         """Source: start sending the guest to `channel` over TLS, and return (the stream goes on;
         `migration_status` follows it). Idempotent: a stream already sending (or in post-copy)
-        is left as it is. After a failed or cancelled stream, a new one starts. Refuses when:
+        is left as it is. After a failed or cancelled stream, a new one starts.
+
+        With `channel.disk_port` (a local disk) the disk goes first: the first call starts
+        mirroring the overlay into the destination's export (status `mirroring`); calls while
+        the mirror is not in sync change nothing; the first call once it is (`disk_ready`)
+        starts the RAM. At the switchover the source pauses, the mirror completes (the copy
+        then equals the disk), and only then does the destination get the device state and
+        run the guest: the source's disk stays its own throughout. Refuses when:
         - the guest is a target here ("is an incoming migration target on this host");
         - the guest does not run here ("does not run on this host");
         - its stream completed ("was handed over already: finish the source");
@@ -316,8 +358,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def finish_source(self, instance_id: str) -> None:
-        """Source: the guest moved; remove the source process, its taps and run files, never
-        its disk (on shared storage the destination uses it). Idempotent: a guest not here
+        """Source: the guest moved; remove the source process, its taps and run files. Its disk
+        stays on shared storage (the destination uses it) and goes on local storage (the
+        destination runs on its own copy; the controller calls this only after
+        `finish_destination` succeeded). Idempotent: a guest not here
         (finished before) succeeds; a STOPPED source is removed. Refuses when:
         - the guest is a target here ("is an incoming migration target on this host");
         - its process runs and did not hand the guest over, i.e. its stream has not completed
@@ -327,8 +371,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def abort_migration(self, instance_id: str, *, source: bool) -> None:
-        """Cancel: the source keeps (or resumes) running the guest; the destination's
-        incoming process and taps are removed (its disk stays: it is the source's).
+        """Cancel: the source keeps (or resumes) running the guest with its disk as it was; the
+        destination's incoming process and taps are removed, and the copy of a local disk
+        (a shared disk stays: it is the source's). A disk mirror in progress is cancelled and
+        its connection to the destination closed.
 
         `source=True`: a stream in progress is cancelled (a switchover in progress, status
         `device`, is waited out rather than cancelled) and the guest is RUNNING again here;

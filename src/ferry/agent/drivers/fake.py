@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ferry.agent.drivers.base import (
+    DiskCopy,
     DiskInventory,
     Driver,
     DriverError,
@@ -65,7 +66,7 @@ from ferry.agent.drivers.base import (
 )
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
 from ferry.agent.images import ImageFetcher
-from ferry.agent.storage import DiskStore, attach
+from ferry.agent.storage import DiskStore, attach, check_incoming
 
 # A guest whose process is gone (a CRASHED guest's QEMU still runs: it panicked, as QEMU's
 # guest-panicked runstate says, and is treated as a guest here, like the QEMU driver does).
@@ -213,9 +214,14 @@ class FakeDriver(Driver):
     # -- live migration: see fake_migration.py for the model --------------------------------
 
     async def prepare_incoming(
-        self, spec: GuestSpec, port: int, params: MigrationParams
+        self,
+        spec: GuestSpec,
+        port: int,
+        params: MigrationParams,
+        disk: DiskCopy | None = None,
     ) -> GuestStatus:
         _check_id(spec.id)
+        check_incoming(self.disks_store, spec, disk)
         existing = self._guests.get(spec.id)
         if existing is not None and existing.power not in DEAD:
             if spec.id in self._targets:

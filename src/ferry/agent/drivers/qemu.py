@@ -39,7 +39,8 @@ from ferry.agent.drivers.base import (
 )
 from ferry.agent.drivers.qemu_argv import DiskFiles, QemuConfig, guest_argv
 from ferry.agent.drivers.qemu_events import EventWatch, connect
-from ferry.agent.drivers.qemu_migration import INCOMING_FILE, QemuMigration
+from ferry.agent.drivers.qemu_migration import QemuMigration
+from ferry.agent.drivers.qemu_stream import INCOMING_FILE
 from ferry.agent.images import ImageFetcher
 from ferry.agent.storage import DiskStore, attach
 
@@ -83,6 +84,8 @@ class QemuDriver(QemuMigration):
         self._watches: dict[str, EventWatch] = {}
         self._unwatched: dict[str, float] = {}
         self._watch_locks: dict[str, asyncio.Lock] = {}
+        self._switching: dict[str, asyncio.Task[None]] = {}
+        self._disk_reads: dict[str, tuple[int, float]] = {}
 
     def _dir(self, instance_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-f-]{8,36}", instance_id):
@@ -150,7 +153,7 @@ class QemuDriver(QemuMigration):
     async def _disk(self, spec: GuestSpec, *, incoming: bool) -> DiskFiles | None:
         """The guest's root disk: its image fetched into the cache, and its overlay (made by the
         first start; a migration target opens the overlay the source uses, on shared storage
-        the same file)."""
+        the same file, or on local storage makes the empty copy its source mirrors into)."""
         if spec.disk is None:
             return None
         if self.images is None:
@@ -216,7 +219,9 @@ class QemuDriver(QemuMigration):
             await net.delete_tap(tap)
 
     async def close(self) -> None:
-        """Stop listening to events; the guests run on (a new agent watches them again)."""
+        """Stop listening to events; the guests run on (a new agent watches them again, and
+        completes a switchover cut short here)."""
+        await self._close_switchovers()
         for instance_id in list(self._watches):
             await self._unwatch(instance_id)
 

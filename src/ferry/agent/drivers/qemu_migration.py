@@ -32,17 +32,14 @@ import abc
 import asyncio
 import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
-
+from ferry.agent.drivers import qemu_mirror as mirror
 from ferry.agent.drivers.base import (
-    Driver,
+    DiskCopy,
     DriverError,
     GuestPower,
     GuestSpec,
@@ -51,152 +48,35 @@ from ferry.agent.drivers.base import (
     MigrationParams,
     MigrationProgress,
 )
-from ferry.agent.drivers.qemu_argv import (
-    AUTHZ_ID,
-    EVENTS_SOCK,
-    TLS_CLIENT_ID,
-    TLS_SERVER_ID,
-    QemuConfig,
-    TlsFiles,
-    incoming_argv,
-    tls_creds_object,
-)
+from ferry.agent.drivers.qemu_argv import EVENTS_SOCK, QemuConfig, incoming_argv
+from ferry.agent.drivers.qemu_disk_copy import QemuDiskCopy
 from ferry.agent.drivers.qemu_events import EventWatch
-from ferry.pki.store import (
-    CERT_MODE,
-    KEY_MODE,
-    PkiError,
-    check_pair,
-    ensure_dir,
-    read_cert,
-    read_key,
-    write_file,
+from ferry.agent.drivers.qemu_stream import (
+    ANNOUNCE,
+    ARRIVING,
+    CANCELLABLE,
+    EVENT_FALLBACK,
+    INCOMING_FILE,
+    POLL,
+    POSTCOPY,
+    SENDING,
+    SETTLE_TIMEOUT,
+    TLS_DIR,
+    WATCH_RETRY,
+    build_creds_dir,
+    listen,
+    outgoing_status,
+    progress_from,
+    run,
+    send,
+    tcp_uri,
 )
+from ferry.agent.storage import check_incoming
 
 log = logging.getLogger(__name__)
 
-QMP_TIMEOUT = 5.0
-SETTLE_TIMEOUT = 30.0  # a cancel, a switchover, the destination's last device state
-POLL = 0.05  # a guest without an event monitor
-EVENT_FALLBACK = 0.5  # a guest with one, when no event comes
-WATCH_RETRY = 30.0  # after an event monitor did not answer, seconds before trying it again
-INCOMING_FILE = "incoming.json"
-TLS_DIR = "tls"
 
-SENDING = frozenset({"setup", "active", "pre-switchover", "wait-unplug", "device", "cancelling"})
-CANCELLABLE = frozenset({"setup", "active", "pre-switchover", "wait-unplug"})
-POSTCOPY = frozenset({"postcopy-active", "postcopy-paused", "postcopy-recover"})
-ARRIVING = frozenset({"inmigrate", "finish-migrate", "restore-vm", "prelaunch"})
-# QEMU's own self-announce timing (5 RARP rounds, 50..550 ms apart); 7.2's announce-self
-# demands every field, although the schema documents them as optional.
-ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
-
-
-def capabilities(params: MigrationParams, *, source: bool) -> list[dict[str, Any]]:
-    """Migration capabilities; postcopy-ram must match on both ends, auto-converge is the
-    source's alone (it throttles the source's vCPUs)."""
-    caps = {"events": True, "return-path": True, "postcopy-ram": params.postcopy}
-    if source:
-        caps["auto-converge"] = params.auto_converge
-    return [{"capability": name, "state": state} for name, state in caps.items()]
-
-
-def tcp_uri(address: str, port: int) -> str:
-    host = f"[{address}]" if ":" in address else address
-    return f"tcp:{host}:{port}"
-
-
-def outgoing_status(info: Mapping[str, Any]) -> str:
-    """The status of this QEMU's outgoing migration. query-migrate falls back to the incoming
-    record when the guest never migrated out: a guest that arrived here says "completed"
-    (without RAM counters) until it first migrates on."""
-    status = str(info.get("status", "none"))
-    return "none" if status == "completed" and "ram" not in info else status
-
-
-def progress_from(info: Mapping[str, Any]) -> MigrationProgress:
-    """query-migrate on the source, as a MigrationProgress."""
-    status = outgoing_status(info)
-    ram: Mapping[str, Any] = (info.get("ram") or {}) if status != "none" else {}
-    done = status == "completed"
-    return MigrationProgress(
-        status=status,
-        total_bytes=int(ram.get("total", 0)),
-        transferred_bytes=int(ram.get("transferred", 0)),
-        remaining_bytes=int(ram.get("remaining", 0)),
-        dirty_rate_bytes=int(ram.get("dirty-pages-rate", 0)) * int(ram.get("page-size", 4096)),
-        passes=int(ram.get("dirty-sync-count", 0)),
-        throughput_mbps=float(ram.get("mbps", 0.0)),
-        expected_downtime_ms=int(info.get("expected-downtime", 0)),
-        downtime_ms=int(info["downtime"]) if done and "downtime" in info else None,
-        total_time_ms=int(info["total-time"]) if done and "total-time" in info else None,
-        error=str(info["error-desc"]) if "error-desc" in info else None,
-    )
-
-
-async def run(qmp: QMPClient, command: str, args: Mapping[str, object] | None = None) -> Any:
-    """One QMP command; every failure becomes a DriverError naming the command."""
-    try:
-        return await asyncio.wait_for(qmp.execute(command, args), QMP_TIMEOUT)
-    except (QMPError, OSError, EOFError, TimeoutError) as exc:
-        raise DriverError(f"QMP {command} failed: {exc or type(exc).__name__}") from exc
-
-
-def build_creds_dir(tls: TlsFiles, dest: Path) -> Path:
-    """Lay out `dest` for tls-creds-x509 (the layout of ferry.pki.ca.qemu_creds_dir) from the
-    host's own files: its one certificate serves as server and client. Rebuilt from scratch, so
-    nothing else (a stray ca-crl.pem, dh-params.pem) is read by QEMU. Keys 0600, dir 0700."""
-    try:
-        cert, key, ca = tls.cert.read_bytes(), tls.key.read_bytes(), tls.ca.read_bytes()
-        check_pair(read_cert(tls.cert), read_key(tls.key), tls.cert.parent)
-        shutil.rmtree(dest, ignore_errors=True)
-        ensure_dir(dest)
-        files = {
-            "ca-cert.pem": (ca, CERT_MODE),
-            "server-cert.pem": (cert, CERT_MODE),
-            "server-key.pem": (key, KEY_MODE),
-            "client-cert.pem": (cert, CERT_MODE),
-            "client-key.pem": (key, KEY_MODE),
-        }
-        for name, (data, mode) in files.items():
-            write_file(dest / name, data, mode=mode, overwrite=True)
-    except (OSError, PkiError) as exc:
-        raise DriverError(f"cannot lay out the migration TLS credentials in {dest}: {exc}") from exc
-    return dest
-
-
-async def listen(qmp: QMPClient, params: MigrationParams, uri: str) -> None:
-    """Destination: TLS with authz, matching capabilities, then listen."""
-    await run(qmp, "migrate-set-capabilities", {"capabilities": capabilities(params, source=False)})
-    await run(qmp, "migrate-set-parameters", {"tls-creds": TLS_SERVER_ID, "tls-authz": AUTHZ_ID})
-    await run(qmp, "migrate-incoming", {"uri": uri})
-
-
-async def add_client_creds(qmp: QMPClient, creds: Path) -> None:
-    """Source: (re)create the client credentials, so renewed certificates are read."""
-    objects = await run(qmp, "qom-list", {"path": "/objects"})
-    if any(obj.get("name") == TLS_CLIENT_ID for obj in objects):
-        await run(qmp, "object-del", {"id": TLS_CLIENT_ID})
-    await run(qmp, "object-add", tls_creds_object(creds, server=False))
-
-
-async def send(
-    qmp: QMPClient, creds: Path, channel: MigrationChannel, params: MigrationParams
-) -> None:
-    """Source: TLS to the destination's certificate name, convergence settings, then go."""
-    await add_client_creds(qmp, creds)
-    await run(qmp, "migrate-set-capabilities", {"capabilities": capabilities(params, source=True)})
-    settings = {
-        "tls-creds": TLS_CLIENT_ID,
-        "tls-hostname": channel.tls_hostname,
-        "max-bandwidth": params.max_bandwidth_bytes,
-        "downtime-limit": params.downtime_limit_ms,
-    }
-    await run(qmp, "migrate-set-parameters", settings)
-    await run(qmp, "migrate", {"uri": tcp_uri(channel.address, channel.port)})
-
-
-class QemuMigration(Driver):
+class QemuMigration(QemuDiskCopy):
     """The migration half of the QEMU driver; QemuDriver supplies the hooks below."""
 
     config: QemuConfig
@@ -206,22 +86,13 @@ class QemuMigration(Driver):
     _unwatched: dict[str, float]  # instance id -> when its event monitor last did not answer
     _watch_locks: dict[str, asyncio.Lock]  # one start at a time: the monitor takes one client
 
-    # -- hooks (QemuDriver) ---------------------------------------------------------------------
-
-    @abc.abstractmethod
-    def _dir(self, instance_id: str) -> Path: ...
-
-    @abc.abstractmethod
-    def _lock(self, instance_id: str) -> asyncio.Lock: ...
+    # -- hooks (QemuDriver; _dir, _lock and _session are QemuDiskCopy's) ----------------------
 
     @abc.abstractmethod
     def _pid(self, instance_id: str) -> int | None: ...
 
     @abc.abstractmethod
     async def _status(self, instance_id: str) -> GuestStatus | None: ...
-
-    @abc.abstractmethod
-    def _session(self, instance_id: str) -> AbstractAsyncContextManager[QMPClient]: ...
 
     @abc.abstractmethod
     async def _start_guest(
@@ -260,7 +131,7 @@ class QemuMigration(Driver):
         now = asyncio.get_running_loop().time()
         if not sock.exists() or now - self._unwatched.get(instance_id, -WATCH_RETRY) < WATCH_RETRY:
             return None  # a monitor that did not answer must not slow every reading down
-        watch = EventWatch(instance_id, sock, self.emit)
+        watch = EventWatch(instance_id, sock, self._heard)
         try:
             await watch.start()
         except DriverError as exc:
@@ -310,29 +181,42 @@ class QemuMigration(Driver):
     # -- destination ----------------------------------------------------------------------------
 
     async def prepare_incoming(
-        self, spec: GuestSpec, port: int, params: MigrationParams
+        self,
+        spec: GuestSpec,
+        port: int,
+        params: MigrationParams,
+        disk: DiskCopy | None = None,
     ) -> GuestStatus:
         async with self._lock(spec.id):
             creds = await self._tls()
+            check_incoming(self.disks_store, spec, disk)
             current = await self._status(spec.id)
             if current is not None and current.power is not GuestPower.STOPPED:
                 if self._incoming(spec.id):
                     return current  # a retry: already listening
                 raise DriverError(f"{spec.name} already runs on this host; it cannot move here")
-            marker = json.dumps({"port": port, "params": asdict(params)})
+            marker = {"port": port, "params": asdict(params), "disk": disk and asdict(disk)}
             try:
-                await self._start_guest(spec, incoming_argv(creds), marker)
+                await self._start_guest(spec, incoming_argv(creds), json.dumps(marker))
                 await self._watch(spec.id)
                 async with self._session(spec.id) as qmp:
                     await listen(qmp, params, tcp_uri(self.config.migration_listen, port))
+                    if disk is not None:
+                        listen_on = self.config.migration_listen
+                        await mirror.export(qmp, listen_on, disk.port, disk.source_host)
             except BaseException:
-                await self._remove(spec.id)
+                await self._remove_target(spec.id, disk)
                 raise
             status = await self._status(spec.id)
             if status is None or status.pid is None:
-                await self._remove(spec.id)
+                await self._remove_target(spec.id, disk)
                 raise DriverError(f"the incoming QEMU of {spec.name} exited right after starting")
             return status
+
+    async def _remove_target(self, instance_id: str, disk: DiskCopy | None) -> None:
+        await self._remove(instance_id)
+        if disk is not None:
+            self._remove_local_disk(instance_id)
 
     async def finish_destination(self, instance_id: str) -> GuestStatus:
         async with self._lock(instance_id):
@@ -342,6 +226,9 @@ class QemuMigration(Driver):
                     return status  # finished before
                 raise DriverError(f"no incoming migration of {instance_id} on this host")
             await self._await_arrival(instance_id)
+            if self._incoming_copy(instance_id) is not None:
+                async with self._session(instance_id) as qmp:
+                    await mirror.stop_export(qmp)
             await self._qmp(instance_id, "announce-self", ANNOUNCE)
             (self._dir(instance_id) / INCOMING_FILE).unlink()
             status = await self._status(instance_id)
@@ -386,13 +273,23 @@ class QemuMigration(Driver):
                     return  # a retry: already sending
                 if str((await run(qmp, "query-status")).get("status")) == "postmigrate":
                     raise DriverError(f"{instance_id} was handed over already: finish the source")
+                if channel.disk_port is not None and not await self._disk_in_sync(
+                    qmp, instance_id, creds, channel, params
+                ):
+                    return  # the disk goes first; a call once it is in sync starts the RAM
                 await send(qmp, creds, channel, params)
 
     async def migration_status(self, instance_id: str) -> MigrationProgress:
         if self._pid(instance_id) is None:
             raise DriverError(f"{instance_id} does not run on this host")
         await self._watch(instance_id)  # an agent restarted mid-migration listens again
-        return progress_from(await self._qmp(instance_id, "query-migrate"))
+        async with self._session(instance_id) as qmp:
+            info = await run(qmp, "query-migrate")
+            disk = await self._disk_reading(qmp, instance_id)
+        progress = self._with_disk(instance_id, progress_from(info), disk)
+        if progress.status == "pre-switchover":
+            self._switch_soon(instance_id)  # its event came before this agent listened
+        return progress
 
     async def tune_migration(
         self,
@@ -411,13 +308,16 @@ class QemuMigration(Driver):
         async with self._session(instance_id) as qmp:
             if settings:
                 await run(qmp, "migrate-set-parameters", settings)
+            if max_bandwidth_bytes is not None and self._mirror_marker(instance_id) is not None:
+                await mirror.set_speed(qmp, max_bandwidth_bytes)
             if start_postcopy:
                 await run(qmp, "migrate-start-postcopy")
 
     async def finish_source(self, instance_id: str) -> None:
         async with self._lock(instance_id):
             if not self._dir(instance_id).exists():
-                return  # finished before
+                self._remove_local_disk(instance_id)  # finished before (the disk last)
+                return
             if self._incoming(instance_id):
                 raise DriverError(f"{instance_id} is an incoming migration target on this host")
             if self._pid(instance_id) is not None:
@@ -427,6 +327,7 @@ class QemuMigration(Driver):
                         f"{instance_id} is {state} here, not handed over: not removing it"
                     )
             await self._remove(instance_id)
+            self._remove_local_disk(instance_id)  # the destination runs on its own copy
 
     # -- abort ----------------------------------------------------------------------------------
 
@@ -451,6 +352,10 @@ class QemuMigration(Driver):
             raise DriverError(
                 f"the migration of {instance_id} completed: the guest runs on the destination"
             )
+        if self._mirror_marker(instance_id) is not None:
+            async with self._session(instance_id) as qmp:
+                await mirror.drop_mirror(qmp)
+            self._drop_marker(instance_id)
         if await self._runstate(instance_id) in ("paused", "postmigrate"):
             await self._qmp(instance_id, "cont")
 
@@ -479,4 +384,4 @@ class QemuMigration(Driver):
                 raise DriverError(
                     f"the migration of {instance_id} completed: the guest runs here now"
                 )
-        await self._remove(instance_id)
+        await self._remove_target(instance_id, self._incoming_copy(instance_id))

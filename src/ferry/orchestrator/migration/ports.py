@@ -5,7 +5,8 @@ inside that range can be held at any moment by one of the host's own outgoing co
 agent's call to the controller, a connection in TIME_WAIT), and QEMU's `migrate-incoming` then
 fails with "Address already in use". Within the range each migration gets the lowest port that
 no other migration into the same host may still hold, so two streams into one host never
-collide, however many are prepared at once.
+collide, however many are prepared at once. A migration that copies a local disk also has the
+destination's NBD export listen, on its port + DISK_PORT_OFFSET (62000-62999): as unique.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 MIGRATION_PORTS = range(61000, 62000)
+DISK_PORT_OFFSET = 1000
+
+
+def disk_port(migration_port: int) -> int:
+    """The destination's NBD port beside its migration port."""
+    return migration_port + DISK_PORT_OFFSET
 
 
 def assign_ports(
