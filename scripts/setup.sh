@@ -13,7 +13,7 @@ SYSTEM_PACKAGES=(
   iproute2 iputils-ping
   qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
   syslinux syslinux-common mtools dosfstools e2fsprogs fdisk
-  dnsmasq-base dnsmasq-utils
+  dnsmasq-base dnsmasq-utils tcpdump
   chromium
 )
 

@@ -196,14 +196,24 @@ class MigrationParamsIn(BaseModel):
     postcopy: bool = False
 
 
+class DiskCopyIn(BaseModel):
+    """Destination: a local disk comes with the guest, exported on `port` to `source_host`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int = Field(ge=1024, le=65535)
+    source_host: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
 class IncomingIn(BaseModel):
-    """Destination: prepare to receive `spec` on `port`."""
+    """Destination: prepare to receive `spec` on `port` (and its local disk, with `disk`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     spec: GuestSpecIn
     port: int = Field(ge=1024, le=65535)
     params: MigrationParamsIn
+    disk: DiskCopyIn | None = None
 
 
 class MigrateIn(BaseModel):
@@ -215,6 +225,7 @@ class MigrateIn(BaseModel):
     port: int = Field(ge=1024, le=65535)
     tls_hostname: str = Field(max_length=253)
     params: MigrationParamsIn
+    disk_port: int | None = Field(default=None, ge=1024, le=65535)  # a local disk's export
 
 
 class TuneIn(BaseModel):
@@ -260,3 +271,7 @@ class MigrationProgressOut(BaseModel):
     downtime_ms: int | None = None
     total_time_ms: int | None = None
     error: str | None = None
+    disk_total_bytes: int = 0
+    disk_copied_bytes: int = 0
+    disk_ready: bool = False
+    disk_throughput_mbps: float = 0.0

@@ -1,6 +1,6 @@
 """Instance storage in placement: a shared pool's space is counted once for all its hosts, an
-instance with a disk moves only within its pool (RAM only), and one on local storage is refused
-a live migration with a clear reason, in the plan and in the API's error."""
+instance with a disk moves only within its pool (RAM only), and one on local storage moves to
+another host's local storage that has room for its copy (the reason named when none has)."""
 
 from __future__ import annotations
 
@@ -97,36 +97,40 @@ async def test_a_pool_disk_moves_within_its_pool_only(api: Api, tmp_path: Path) 
     elsewhere = await _migrate(api, "vm2", "node-c")
     assert elsewhere.status_code == 409
     assert (
-        "cannot reach the instance's disk (local to its host, or in another pool): 1"
+        "cannot hold the instance's disk (another shared pool, or not local storage): 1"
         in (elsewhere.json()["message"])
     )
 
 
-async def test_a_local_disk_is_refused_a_live_migration_with_its_reason(
+async def test_a_local_disk_moves_only_to_local_storage_with_room(
     api: Api, tmp_path: Path
 ) -> None:
     await _cluster(api, tmp_path)
     assert (await _create(api, "vm1", "node-c")).status_code == 201
     assert (await _create(api, "bare", "node-c", image=None)).status_code == 201
     await _running(api)
-    refused = await _migrate(api, "vm1")
-    assert refused.status_code == 409
-    assert refused.json()["message"] == (
-        "cannot migrate vm1: its disk is on the local storage of node-c, and live migration "
-        "with local disks is not supported yet (shared storage moves RAM only)"
+    nowhere = await _migrate(api, "vm1")  # node-a and node-b are a shared pool
+    assert nowhere.status_code == 409
+    assert nowhere.json()["message"] == (
+        "cannot migrate vm1 to any other host: no valid host among 2 (cannot hold the "
+        "instance's disk (another shared pool, or not local storage): 2)"
     )
     assert (await _migrate(api, "bare")).status_code == 202  # no disk: goes anywhere
+    small = {**INVENTORY, "disk_gb": 3}  # less than vm1's 4 GiB disk
+    response = await api.register("node-d", capabilities=CAPS, inventory=small)
+    assert response.status_code == 200, response.text
     preview = await api.call(
         "POST",
         "/v1/hosts/node-c/maintenance/enter",
         await api.token("operator"),
         json={"reason": "firmware", "dry_run": True},
     )
-    plan = preview.json()["plan"]
-    assert plan["complete"] is False
-    [unplaced] = plan["unplaced"]
+    [unplaced] = preview.json()["plan"]["unplaced"]
     assert (unplaced["instance"], unplaced["destination"]) == ("vm1", None)
-    assert unplaced["reason"] == (
-        "no valid host among 2 (cannot reach the instance's disk (local to its host, or in "
-        "another pool): 2)"
-    )
+    assert "not enough free disk: 1" in unplaced["reason"], unplaced
+    await _host(api, "node-e")  # local storage with 10 GiB
+    moved = await _migrate(api, "vm1")
+    assert moved.status_code == 202, moved.text
+    assert moved.json()["destination"] == "node-e"
+    disk = moved.json()["disk"]
+    assert disk is None  # nothing reported yet: the copy has not started

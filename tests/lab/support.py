@@ -22,7 +22,9 @@ from ferry.bench.probe import PROBE_INTERVAL, Blackout, blackout_of
 from tests.cli.live import FERRY
 
 RANGE_WAIT = 900.0  # seconds to wait for another lab to release 198.18.0.0/15
-TEST_PREFIXES = frozenset({"flt", "flm", "flw", "fld", "flf", "fli"})  # the lab test modules' labs
+TEST_PREFIXES = frozenset(
+    {"flt", "flm", "flw", "fld", "flf", "fli", "flx"}
+)  # the lab test modules' labs
 LEFT_BEHIND = re.compile(r"lab '([a-z0-9]+)' was left behind")
 
 
@@ -79,11 +81,13 @@ def taps(ns: str) -> str:
 
 
 @contextmanager
-def running_lab(lab_dir: Path, prefix: str, hosts: int, instances: int = 0) -> Iterator[Path]:
+def running_lab(
+    lab_dir: Path, prefix: str, hosts: int, instances: int = 0, storage: str = "shared"
+) -> Iterator[Path]:
     """`ferry lab up` (waiting while another lab owns the address range), then always
     `ferry lab down`, checking that no namespace and no QEMU of the lab is left."""
     try:
-        _lab_up(lab_dir, prefix, hosts, instances)
+        _lab_up(lab_dir, prefix, hosts, instances, storage)
         yield lab_dir
     finally:
         ferry("lab", "down", "--dir", str(lab_dir), "--prefix", prefix, lab=lab_dir, check=False)
@@ -91,12 +95,13 @@ def running_lab(lab_dir: Path, prefix: str, hosts: int, instances: int = 0) -> I
     assert qemu_pids(str(lab_dir)) == []
 
 
-def _lab_up(lab_dir: Path, prefix: str, hosts: int, instances: int) -> None:
+def _lab_up(lab_dir: Path, prefix: str, hosts: int, instances: int, storage: str) -> None:
     deadline = time.monotonic() + RANGE_WAIT
     while True:
         up = ferry(
             "lab", "up", "--hosts", str(hosts), "--instances", str(instances),
             "--link-mbit", "1000", "--prefix", prefix, "--dir", str(lab_dir),
+            "--storage", storage,
             lab=lab_dir, check=False,
         )  # fmt: skip
         if up.returncode == 0:

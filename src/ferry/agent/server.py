@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ferry import __version__
 from ferry.agent.dhcp import DhcpServer
 from ferry.agent.drivers.base import (
+    DiskCopy,
     DiskSpec,
     Driver,
     DriverError,
@@ -108,7 +109,8 @@ def create_agent_app(driver: Driver, host: str, dhcp: Sequence[DhcpServer] = ())
         if spec.id != instance_id:
             raise DriverError(f"spec id {spec.id} does not match {instance_id}")
         serve_leases(spec)
-        return report(await driver.prepare_incoming(spec, body.port, _params(body.params)))
+        disk = DiskCopy(body.disk.port, body.disk.source_host) if body.disk else None
+        return report(await driver.prepare_incoming(spec, body.port, _params(body.params), disk))
 
     @app.delete("/v1/guests/{instance_id}", status_code=204)
     async def destroy(instance_id: str) -> Response:
@@ -128,7 +130,7 @@ def migration_routes(driver: Driver) -> APIRouter:
 
     @router.post("/v1/guests/{instance_id}/migrate", status_code=202)
     async def migrate(instance_id: str, body: MigrateIn) -> Response:
-        channel = MigrationChannel(body.address, body.port, body.tls_hostname)
+        channel = MigrationChannel(body.address, body.port, body.tls_hostname, body.disk_port)
         await driver.migrate(instance_id, channel, _params(body.params))
         return Response(status_code=202)
 

@@ -131,6 +131,31 @@ class DrainOut(BaseModel):
     force: bool = Field(description="entered despite a failed pre-check")
 
 
+class DiskProgressOut(BaseModel):
+    """A local disk copied with its instance (a migration between hosts' local storage)."""
+
+    total_bytes: int = Field(description="the disk's allocated bytes to copy, with its writes")
+    copied_bytes: int
+    remaining_bytes: int
+    throughput_mbps: float | None
+    ready: bool = Field(description="the copy is in sync: the RAM moves (or moved) next")
+
+    @classmethod
+    def of(cls, migration: Any) -> DiskProgressOut | None:
+        """The disk part of a migration record; None when it copies no disk."""
+        total = migration.disk_bytes_total
+        if total is None:
+            return None
+        copied = migration.disk_bytes_copied or 0
+        return cls(
+            total_bytes=total,
+            copied_bytes=copied,
+            remaining_bytes=max(total - copied, 0),
+            throughput_mbps=migration.disk_throughput_mbps,
+            ready=bool(migration.disk_ready),
+        )
+
+
 class DrainMigrationOut(BaseModel):
     id: str
     instance: str
@@ -143,6 +168,7 @@ class DrainMigrationOut(BaseModel):
     bytes_remaining: int | None
     throughput_mbps: float | None
     passes: int | None
+    disk: DiskProgressOut | None = Field(default=None, description="a local disk's copy")
     downtime_ms: int | None = Field(description="QEMU's measured downtime, once completed")
     total_time_ms: int | None = Field(
         default=None, description="QEMU's measured time from the stream's start to switchover"

@@ -91,6 +91,7 @@ def maintenance(status: MaintenanceStatus) -> schemas.MaintenanceOut:
                 bytes_remaining=move.migration.bytes_remaining,
                 throughput_mbps=move.migration.throughput_mbps,
                 passes=move.migration.passes,
+                disk=schemas.DiskProgressOut.of(move.migration),
                 downtime_ms=move.migration.downtime_ms,
                 total_time_ms=move.migration.total_time_ms,
                 error=move.migration.error,

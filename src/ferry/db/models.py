@@ -7,7 +7,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ferry.db.types import UTCDateTime, utcnow
@@ -260,6 +270,12 @@ class Migration(Base):
     expected_downtime_ms: Mapped[int | None]
     downtime_ms: Mapped[int | None]
     total_time_ms: Mapped[int | None]  # QEMU's, start of the stream to the end of switchover
+    # A local disk copied with the guest: its allocated bytes to copy, copied, the copy's
+    # Mbit/s, and whether it is in sync (then the RAM follows).
+    disk_bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    disk_bytes_copied: Mapped[int | None] = mapped_column(BigInteger)
+    disk_throughput_mbps: Mapped[float | None]
+    disk_ready: Mapped[bool] = mapped_column(default=False, server_default=false())
     error: Mapped[str | None] = mapped_column(Text)
     # "source" or "destination": that end still holds a copy the reconciler keeps removing
     # (finish_source after a completed move, abort after an unwind) until its agent answers.

@@ -30,6 +30,7 @@ class EventKind(StrEnum):
     MIGRATION_SCHEDULED = "migration.scheduled"
     MIGRATION_PREPARING = "migration.preparing"
     MIGRATION_RUNNING = "migration.running"
+    MIGRATION_DISK_READY = "migration.disk_ready"
     MIGRATION_ESCALATED = "migration.escalated"
     MIGRATION_POSTCOPY = "migration.postcopy"
     MIGRATION_COMPLETED = "migration.completed"

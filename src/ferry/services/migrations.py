@@ -109,12 +109,6 @@ class MigrationService:
             placement.traits(source),
             disk_pool=placement.disk_pool_of(instance),
         )
-        if request.disk_pool == "":
-            raise Conflict(
-                f"cannot migrate {instance.name}: its disk is on the local storage of "
-                f"{source.name}, and live migration with local disks is not supported yet "
-                "(shared storage moves RAM only)"
-            )
         if wanted is not None:
             if wanted == source.name:
                 raise Conflict(f"instance {instance.name} already runs on {wanted}")

@@ -26,9 +26,11 @@ from qemu.qmp import ConnectError, QMPClient, QMPError, Runstate
 from qemu.qmp.qmp_client import NegotiationError
 
 from ferry.agent.drivers.base import DriverError, MigrationEvent
+from ferry.agent.drivers.qemu_mirror import MIRROR_JOB
 from ferry.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
+MIRROR_EVENTS = frozenset({"BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_ERROR"})
 
 CONNECT_TIMEOUT = 5.0
 NEGOTIATION_ATTEMPTS = 3
@@ -116,6 +118,9 @@ class EventWatch:
         elif name == "MIGRATION_PASS":
             self.passes = int(data.get("pass", 0))
             self._emit(MigrationEvent(self.instance_id, self.status, self.passes))
+        elif name in MIRROR_EVENTS and data.get("device") == MIRROR_JOB:
+            # A disk copy in sync (the RAM may follow), ended, or failed: read it now.
+            self._emit(MigrationEvent(self.instance_id, "mirroring", self.passes))
         self.changed.notify()
 
 

@@ -46,6 +46,7 @@ EXPORT_ID = "ferry-disk"
 DISK_AUTHZ_ID = "ferry-authz-disk"
 MIRROR_FILE = "mirror.json"  # source run dir: a disk copy is part of this guest's migration
 JOB_TIMEOUT = 30.0  # a mirror's last copy at the switchover, or its cancellation
+YANK_AFTER = 2.0  # a cancelled mirror still waiting for its target then: its connection is cut
 JOB_POLL = 0.05
 ENDED = frozenset({"concluded", "null", "aborting"})
 
@@ -163,10 +164,10 @@ async def set_speed(qmp: QMPClient, speed: int) -> None:
         await run(qmp, "block-job-set-speed", {"device": MIRROR_JOB, "speed": speed})
 
 
-async def _until_ended(qmp: QMPClient) -> DiskReading | None:
+async def _until_ended(qmp: QMPClient, within: float = JOB_TIMEOUT) -> DiskReading | None:
     """Until the job concluded (or is gone); its last reading."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + JOB_TIMEOUT
+    deadline = loop.time() + within
     while True:
         reading = reading_of(await mirror_job(qmp))
         if reading is None or reading.status in ("concluded", "null"):
@@ -207,6 +208,13 @@ async def drop_mirror(qmp: QMPClient) -> DiskReading | None:
     job = await mirror_job(qmp)
     if job is not None and str(job.get("status")) not in ENDED:
         await run(qmp, "block-job-cancel", {"device": MIRROR_JOB, "force": True})
+        try:
+            await _until_ended(qmp, YANK_AFTER)
+        except DriverError:
+            # Its writes wait for a destination that no longer answers (a cut link: TCP
+            # waits for minutes): cut the connection, so that they fail and the job ends.
+            target = {"type": "block-node", "node-name": TARGET_NODE}
+            await run(qmp, "yank", {"instances": [target]})
     final = await _until_ended(qmp)
     await _dismiss(qmp)
     return final

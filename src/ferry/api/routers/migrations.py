@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ferry.api.deps import Ctl, Operator, Reader
 from ferry.api.routers.hosts import ERRORS
+from ferry.api.schemas import DiskProgressOut
 from ferry.db.models import Migration
 
 router = APIRouter(prefix="/v1", tags=["migrations"])
@@ -43,6 +44,9 @@ class MigrationOut(BaseModel):
     dirty_rate: int | None
     passes: int | None
     throughput_mbps: float | None
+    disk: DiskProgressOut | None = Field(
+        default=None, description="a local disk copied with the instance: its progress"
+    )
     expected_downtime_ms: int | None
     downtime_ms: int | None
     total_time_ms: int | None = Field(
@@ -70,6 +74,7 @@ async def _out(ctl: Ctl, migration: Migration) -> MigrationOut:
                 c: getattr(migration, c) for c in MigrationOut.model_fields if hasattr(migration, c)
             },
             **names,
+            "disk": DiskProgressOut.of(migration),
         }
     )
 

@@ -14,9 +14,10 @@ from ferry.db.models import Drain, Host, Instance, Migration
 from ferry.domain.convergence import ConvergencePolicy
 from ferry.domain.drain_policy import DrainPolicy
 from ferry.domain.migration import MigrationState
-from ferry.orchestrator.migration.ports import assign_ports
+from ferry.orchestrator.migration.ports import assign_ports, disk_port
 from ferry.protocol import MigrationParamsIn
 from ferry.services.migrations import ACTIVE
+from ferry.services.placement import disk_pool_of
 from ferry.services.store import Store
 
 MIB = 2**20
@@ -48,6 +49,23 @@ class Job:
     @property
     def name(self) -> str:
         return self.instance.name
+
+    @property
+    def copies_disk(self) -> bool:
+        """The instance's disk is on its host's local storage: a copy moves with it."""
+        return disk_pool_of(self.instance) == ""
+
+    @property
+    def disk_port(self) -> int | None:
+        """The destination's NBD port of a disk copy (None: nothing to copy, or no port yet)."""
+        port = self.migration.dest_port
+        return disk_port(port) if self.copies_disk and port is not None else None
+
+    def timeout_s(self) -> float:
+        """The completion timeout: the policy's per-GiB rule over the RAM and the disk's bytes
+        to copy (as far as the copy has said them)."""
+        disk_mib = (self.migration.disk_bytes_total or 0) // MIB
+        return self.policy.timeout_s(self.instance.ram_mb + disk_mib)
 
     def params(self) -> MigrationParamsIn:
         policy = self.policy
