@@ -318,6 +318,7 @@ class DriverPair:
     image: ImageSpec
     marker: str  # in the command line of every QEMU of this pair (its run directory)
     source_name: str  # the source host's certificate name (the disk export admits it alone)
+    dest_ns: str = ""  # the destination's network namespace (the qemu kind)
     names: Iterator[int] = field(default_factory=itertools.count)
 
     @property
@@ -365,6 +366,15 @@ class DriverPair:
             await client.execute("human-monitor-command", {"command-line": line})
         finally:
             await client.disconnect()
+
+    def set_link(self, *, up: bool) -> None:
+        """The destination's link goes down (no RST, no FIN: packets are lost), or up again."""
+        if self.kind == "fake":
+            source = self.source
+            assert isinstance(source, FakeDriver)
+            source.set_link(up=up)
+            return
+        sh("ip", "-n", self.dest_ns, "link", "set", "fctvb", "up" if up else "down")
 
     def read_disk(self, host: Host, instance_id: str, command: str) -> str:
         """qemu-io `command` on the guest's disk file, read-only beside its QEMU: its output."""
@@ -475,7 +485,10 @@ async def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             image = ImageSpec("img-1", "contract", "qcow2", size, lab.disk.virtual_size,
                               lab.disk.sha256)  # fmt: skip
         source_name = "host-a" if lab is None else "host1"
-        pair = DriverPair(kind, hosts[0], hosts[1], channel, image, str(root), source_name)
+        pair = DriverPair(
+            kind, hosts[0], hosts[1], channel, image, str(root), source_name,
+            dest_ns=lab.dest.name if lab else "",
+        )  # fmt: skip
         pairs.append(pair)
         return pair
 

@@ -3,6 +3,7 @@ whatever one does here, the other must do too (conftest.py makes the pairs)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -290,3 +291,31 @@ async def test_a_disk_copy_goes_only_to_local_storage(driver_pair: DriverPair) -
     with pytest.raises(DriverError, match="has no disk to copy"):
         await pair.dest.prepare_incoming(diskless, pair.port, FAST, pair.disk_copy)
     assert await pair.dest.get(diskless.id) is None
+
+
+async def test_a_mirror_to_a_destination_behind_a_dead_link_is_aborted_promptly(
+    make_pair: PairFactory,
+) -> None:
+    """The link drops packets (TCP would wait for minutes): the abort still ends the copy, in
+    seconds, and the source runs on with its disk."""
+    pair = await make_pair("local")
+    spec = pair.spec(disk=True)
+    await pair.source.spawn(spec)
+    await pair.write_disk(pair.source_host, spec.id, "write -P 0x3d 160M 16M")
+    await pair.dest.prepare_incoming(spec, pair.port, SLOW, pair.disk_copy)
+    await pair.source.migrate(spec.id, pair.disk_channel, SLOW)
+    await _mirroring(pair, spec.id)
+    pair.set_link(up=False)
+    try:
+        started = time.monotonic()
+        await pair.source.abort_migration(spec.id, source=True)
+        took = time.monotonic() - started
+        after = await pair.source.migration_status(spec.id)
+        assert after.status in ("none", "cancelled") and not after.disk_ready, after
+        guest = await pair.source.get(spec.id)
+        assert guest is not None and guest.power is GuestPower.RUNNING
+        assert took < 20, f"the abort took {took:.1f} s"
+    finally:
+        pair.set_link(up=True)
+    await pair.dest.abort_migration(spec.id, source=False)
+    assert not pair.dest_host.store.exists(spec.id) and pair.source_host.store.exists(spec.id)

@@ -26,6 +26,7 @@ complete disk; if any of this fails the stream is cancelled and the source resum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,6 @@ EXPORT_ID = "ferry-disk"
 DISK_AUTHZ_ID = "ferry-authz-disk"
 MIRROR_FILE = "mirror.json"  # source run dir: a disk copy is part of this guest's migration
 JOB_TIMEOUT = 30.0  # a mirror's last copy at the switchover, or its cancellation
-YANK_AFTER = 2.0  # a cancelled mirror still waiting for its target then: its connection is cut
 JOB_POLL = 0.05
 ENDED = frozenset({"concluded", "null", "aborting"})
 
@@ -204,17 +204,20 @@ async def complete_mirror(qmp: QMPClient) -> DiskReading:
 
 async def drop_mirror(qmp: QMPClient) -> DiskReading | None:
     """Abort: stop copying (a partial copy is the destination's to remove), end the job and
-    the connection. The guest's own disk is untouched. Idempotent."""
+    the connection. The guest's own disk is untouched. Idempotent.
+
+    The connection is yanked (shut down at once) first: over a link that drops packets the
+    job's writes in flight would wait for TCP to give up, which takes minutes, and cancelling
+    the job waits for them in QEMU's main loop, where its monitor would not answer either.
+    Yanked, they fail at once and the job ends."""
+    if await _has_node(qmp, TARGET_NODE):
+        with contextlib.suppress(DriverError):  # nothing to yank: the connection is closed
+            await run(
+                qmp, "yank", {"instances": [{"type": "block-node", "node-name": TARGET_NODE}]}
+            )
     job = await mirror_job(qmp)
     if job is not None and str(job.get("status")) not in ENDED:
         await run(qmp, "block-job-cancel", {"device": MIRROR_JOB, "force": True})
-        try:
-            await _until_ended(qmp, YANK_AFTER)
-        except DriverError:
-            # Its writes wait for a destination that no longer answers (a cut link: TCP
-            # waits for minutes): cut the connection, so that they fail and the job ends.
-            target = {"type": "block-node", "node-name": TARGET_NODE}
-            await run(qmp, "yank", {"instances": [target]})
     final = await _until_ended(qmp)
     await _dismiss(qmp)
     return final
