@@ -102,9 +102,7 @@ async def test_a_pool_disk_moves_within_its_pool_only(api: Api, tmp_path: Path) 
     )
 
 
-async def test_a_local_disk_moves_only_to_local_storage_with_room(
-    api: Api, tmp_path: Path
-) -> None:
+async def test_a_local_disk_moves_only_to_local_storage_with_room(api: Api, tmp_path: Path) -> None:
     await _cluster(api, tmp_path)
     assert (await _create(api, "vm1", "node-c")).status_code == 201
     assert (await _create(api, "bare", "node-c", image=None)).status_code == 201

@@ -125,8 +125,11 @@ def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
     try:
         return wait_for(f"migration {ident} to end", probe, within)
     except AssertionError:
-        logs = {p.relative_to(lab): p.read_text(errors="replace")[-3000:]
-                for p in [lab / "controller.log", *lab.glob("hosts/*/agent.log")] if p.exists()}
+        logs = {
+            p.relative_to(lab): p.read_text(errors="replace")[-3000:]
+            for p in [lab / "controller.log", *lab.glob("hosts/*/agent.log")]
+            if p.exists()
+        }
         print(f"\nstill going: {migration(lab, ident)}\n" + "\n".join(
             f"--- {name}\n{text}" for name, text in logs.items()))  # fmt: skip
         raise
