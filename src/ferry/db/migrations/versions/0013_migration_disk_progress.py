@@ -21,7 +21,7 @@ def upgrade() -> None:
     with op.batch_alter_table("migrations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("disk_bytes_total", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("disk_bytes_copied", sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column("disk_throughput_mbps", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("disk_throughput_mbps", sa.Double(), nullable=True))
         batch_op.add_column(
             sa.Column("disk_ready", sa.Boolean(), nullable=False, server_default=sa.false())
         )
