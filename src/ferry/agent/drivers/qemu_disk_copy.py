@@ -115,19 +115,16 @@ class QemuDiskCopy(Driver):
         await mirror.start_mirror(qmp, creds, channel, params)
         return False
 
-    async def _disk_reading(self, qmp: QMPClient, instance_id: str) -> mirror.DiskReading | None:
-        if self._mirror_marker(instance_id) is None:
-            return None
-        return mirror.reading_of(await mirror.mirror_job(qmp))
-
-    def _with_disk(
-        self, instance_id: str, progress: MigrationProgress, reading: mirror.DiskReading | None
+    async def _with_disk(
+        self, qmp: QMPClient, instance_id: str, progress: MigrationProgress
     ) -> MigrationProgress:
-        """The RAM stream's reading with the disk's beside it; while only the disk moves the
-        status is `mirroring`, and a mirror that failed fails the migration."""
+        """The RAM stream's reading with the disk's beside it (a guest whose migration copies
+        its disk); while only the disk moves the status is `mirroring`, and a mirror that
+        failed fails the migration."""
         marker = self._mirror_marker(instance_id)
         if marker is None:
             return progress
+        reading = mirror.reading_of(await mirror.mirror_job(qmp))
         if reading is None:
             total, copied = int(marker.get("total", 0)), int(marker.get("copied", 0))
             ready = bool(marker.get("done", False))

@@ -285,8 +285,7 @@ class QemuMigration(QemuDiskCopy):
         await self._watch(instance_id)  # an agent restarted mid-migration listens again
         async with self._session(instance_id) as qmp:
             info = await run(qmp, "query-migrate")
-            disk = await self._disk_reading(qmp, instance_id)
-        progress = self._with_disk(instance_id, progress_from(info), disk)
+            progress = await self._with_disk(qmp, instance_id, progress_from(info))
         if progress.status == "pre-switchover":
             self._switch_soon(instance_id)  # its event came before this agent listened
         return progress
