@@ -10,10 +10,10 @@ import signal
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -178,3 +178,40 @@ def metrics(lab: Path) -> dict[str, Any]:
     response.raise_for_status()
     found: dict[str, Any] = response.json()
     return found
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], within: float = 120.0) -> T:
+    deadline = time.monotonic() + within
+    while (value := probe()) is None:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+    return value
+
+
+def migration(lab: Path, ident: str) -> dict[str, Any]:
+    found: dict[str, Any] = ferry_json("migration", "show", ident, lab=lab)
+    return found
+
+
+def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
+    """Once the migration completed, failed or was cancelled; on a timeout the record and the
+    tails of the lab's logs are printed before the failure."""
+
+    def probe() -> dict[str, Any] | None:
+        m = migration(lab, ident)
+        return m if m["state"] in ("completed", "failed", "cancelled") else None
+
+    try:
+        return wait_for(f"migration {ident} to end", probe, within)
+    except AssertionError:
+        logs = {
+            p.relative_to(lab): p.read_text(errors="replace")[-3000:]
+            for p in [lab / "controller.log", *lab.glob("hosts/*/agent.log")]
+            if p.exists()
+        }
+        print(f"\nstill going: {migration(lab, ident)}\n" + "\n".join(
+            f"--- {name}\n{text}" for name, text in logs.items()))  # fmt: skip
+        raise

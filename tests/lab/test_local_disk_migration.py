@@ -22,10 +22,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -35,13 +35,16 @@ from tests.lab.capture import capture, read
 from tests.lab.support import (
     Pinger,
     answers,
+    ended,
     ferry,
     ferry_json,
+    migration,
     namespace_of,
     page,
     ping,
     qemu_pids,
     running_lab,
+    wait_for,
 )
 
 pytestmark = [
@@ -56,7 +59,6 @@ COUNT = 4
 WRITE_KIBPS = 256
 MIB = 1 << 20
 PORTS = (61000, 62999)  # migration streams and, 1000 above them, the disks' NBD exports
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -102,37 +104,6 @@ def qemu_img_check(path: Path) -> None:
     argv = ["qemu-img", "check", "-U", "-f", "qcow2", str(path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def wait_for(what: str, probe: Callable[[], T | None], within: float = 120.0) -> T:
-    deadline = time.monotonic() + within
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
-    return value
-
-
-def migration(lab: Path, ident: str) -> dict[str, Any]:
-    found: dict[str, Any] = ferry_json("migration", "show", ident, lab=lab)
-    return found
-
-
-def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        m = migration(lab, ident)
-        return m if m["state"] in ("completed", "failed", "cancelled") else None
-
-    try:
-        return wait_for(f"migration {ident} to end", probe, within)
-    except AssertionError:
-        logs = {
-            p.relative_to(lab): p.read_text(errors="replace")[-3000:]
-            for p in [lab / "controller.log", *lab.glob("hosts/*/agent.log")]
-            if p.exists()
-        }
-        print(f"\nstill going: {migration(lab, ident)}\n" + "\n".join(
-            f"--- {name}\n{text}" for name, text in logs.items()))  # fmt: skip
-        raise
 
 
 def mirroring(lab: Path, vm: Vm, *policy: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,15 +29,18 @@ from ferry.lab.lifecycle import start_agent
 from tests.lab.support import (
     Pinger,
     answers,
+    ended,
     ferry,
     ferry_json,
     metrics,
+    migration,
     namespace_of,
     page,
     ping,
     qemu_pids,
     running_lab,
     taps,
+    wait_for,
 )
 
 pytestmark = [
@@ -46,7 +49,6 @@ pytestmark = [
 ]
 PREFIX = "flw"  # not the default 'fry', nor the other lab modules' prefixes
 MAX_LOST_PROBES = 50  # 1 s of 20 ms probes: generous, TCG is slow and the machine may be busy
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -82,32 +84,11 @@ def boot(lab: Path) -> Iterator[Callable[..., Vm]]:
         ferry("instance", "delete", name, "--wait", "--timeout", "60", lab=lab, check=False)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], within: float = 120.0) -> T:
-    deadline = time.monotonic() + within
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
-    return value
-
-
-def migration(lab: Path, ident: str) -> dict[str, Any]:
-    found: dict[str, Any] = ferry_json("migration", "show", ident, lab=lab)
-    return found
-
-
 def start(lab: Path, vm: Vm, *policy: str) -> dict[str, Any]:
     """`ferry instance migrate` without --wait: the new migration record."""
     args = [arg for pair in policy for arg in ("--policy", pair)]
     started: dict[str, Any] = ferry_json("instance", "migrate", vm.name, *args, lab=lab)
     return started
-
-
-def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        m = migration(lab, ident)
-        return m if m["state"] in ("completed", "failed", "cancelled") else None
-
-    return wait_for(f"migration {ident} to end", probe, within)
 
 
 def streaming(lab: Path, ident: str, at_least: int = 2 * 2**20) -> dict[str, Any]:
