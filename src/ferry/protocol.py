@@ -100,6 +100,9 @@ class GuestReport(BaseModel):
     power: str = Field(max_length=16)
     pid: int | None = None
     detail: str = Field(default="", max_length=512)
+    disk_bytes: int | None = Field(
+        default=None, ge=0, description="its local disk's allocated bytes (what a move copies)"
+    )
 
 
 class DiskStorage(BaseModel):

@@ -132,3 +132,73 @@ async def test_a_local_disk_moves_only_to_local_storage_with_room(api: Api, tmp_
     assert moved.json()["destination"] == "node-e"
     disk = moved.json()["disk"]
     assert disk is None  # nothing reported yet: the copy has not started
+
+
+async def _beat(api: Api, host: str, guests: list[dict[str, Any]]) -> None:
+    agent = await api.token("agent")
+    path = f"/v1/agent/hosts/{host}/heartbeat"
+    response = await api.call("POST", path, agent, json={"guests": guests})
+    assert response.status_code == 200, response.text
+
+
+async def _guests(api: Api, names: list[str]) -> dict[str, str]:
+    listed = await api.ok("GET", "/v1/instances", await api.token("reader"))
+    return {i["name"]: i["id"] for i in listed if i["name"] in names}
+
+
+async def test_a_drain_preview_counts_the_local_disks_bytes_as_reported(
+    api: Api, tmp_path: Path
+) -> None:
+    """The bytes a drain sends: RAM, and each local disk's allocated bytes as its host last
+    reported them (to the MiB), not its virtual size; a disk on shared storage stays put."""
+    await _cluster(api, tmp_path)
+    for name, host in (("big", "node-c"), ("small", "node-c"), ("pooled", "node-a")):
+        assert (await _create(api, name, host)).status_code == 201
+    await _running(api)
+    ids = await _guests(api, ["big", "small", "pooled"])
+    mib = 1 << 20
+    report = {"big": 300 * mib + 12345, "small": 20 * mib}
+    await _beat(api, "node-c", [
+        {"id": ids[n], "name": n, "power": "running", "disk_bytes": b} for n, b in report.items()
+    ])  # fmt: skip
+    await _beat(api, "node-a", [
+        {"id": ids["pooled"], "name": "pooled", "power": "running", "disk_bytes": 7 * mib}
+    ])  # fmt: skip
+    operator = await api.token("operator")
+    body = {"reason": "firmware", "dry_run": True}
+    local = await api.ok("POST", "/v1/hosts/node-c/maintenance/enter", operator, json=body)
+    sizes = {i["name"]: i["disk_bytes"] for i in local["instances"]}
+    assert sizes == {"big": 300 * mib, "small": 20 * mib}
+    ram = 2 * 512 * mib
+    assert local["to_move"] == {
+        "ram_bytes": ram, "disk_bytes": 320 * mib, "total_bytes": ram + 320 * mib
+    }  # fmt: skip
+    shared = await api.ok("POST", "/v1/hosts/node-a/maintenance/enter", operator, json=body)
+    assert shared["to_move"] == {"ram_bytes": 512 * mib, "disk_bytes": 0, "total_bytes": 512 * mib}
+
+
+async def test_a_drain_moves_the_fewest_bytes_first_disks_counted(api: Api, tmp_path: Path) -> None:
+    """Two instances of one flavor (the same RAM): the one with less disk data to copy goes first,
+    although its name sorts last."""
+    await _cluster(api, tmp_path)
+    await _host(api, "node-e")  # local storage: where node-c's instances can go
+    await api.stop_loop("migrations")  # scheduled moves stay scheduled: one at a time
+    for name in ("a-big", "z-small"):
+        assert (await _create(api, name, "node-c")).status_code == 201
+    await _running(api)
+    ids = await _guests(api, ["a-big", "z-small"])
+    sizes = {"a-big": 900 << 20, "z-small": 10 << 20}
+    await _beat(api, "node-c", [
+        {"id": ids[n], "name": n, "power": "running", "disk_bytes": b} for n, b in sizes.items()
+    ])  # fmt: skip
+    body = {"reason": "firmware", "policy": {"max_parallel": 1}}
+    await api.ok(
+        "POST", "/v1/hosts/node-c/maintenance/enter", await api.token("operator"), json=body
+    )
+
+    async def scheduled() -> list[str] | None:
+        kinds = await api.events(kind="migration.scheduled")
+        names = [e["message"].split()[2] for e in kinds]
+        return names or None
+
+    assert await api.eventually(scheduled) == ["z-small"]

@@ -106,8 +106,13 @@ class Reporter:
 
     async def _beat(self) -> bool:
         """False when the host must register again."""
-        guests = [report(g) for g in await self.driver.list()]
-        storage = storage_report(await self.driver.disks())
+        inventory = await self.driver.disks()
+        sizes = inventory.allocated if inventory is not None else {}
+        guests = [
+            report(g).model_copy(update={"disk_bytes": sizes.get(g.id)})
+            for g in await self.driver.list()
+        ]
+        storage = storage_report(inventory)
         beat = Heartbeat(guests=guests, storage_free_gb=storage.free_gb if storage else None)
         try:
             response = await self.client.post(

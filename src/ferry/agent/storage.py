@@ -76,15 +76,30 @@ class DiskStore:
         shutil.rmtree(self.settings.path / instance_id, ignore_errors=True)
 
     def inventory(self) -> DiskInventory:
-        ids = sorted(d.parent.name for d in self.settings.path.glob(f"*/{DISK_FILE}"))
+        files = {d.parent.name: d for d in self.settings.path.glob(f"*/{DISK_FILE}")}
         usage = self.usage()
+        allocated = {} if self.shared else {i: _allocated(f) for i, f in files.items()}
         return DiskInventory(
-            self.settings.kind, self.settings.pool, ids, usage.total_bytes, usage.free_bytes
+            self.settings.kind,
+            self.settings.pool,
+            sorted(files),
+            usage.total_bytes,
+            usage.free_bytes,
+            {i: n for i, n in allocated.items() if n is not None},
         )
 
     def usage(self) -> StorageUsage:
         usage = shutil.disk_usage(self.settings.path)
         return StorageUsage(usage.total, usage.free)
+
+
+def _allocated(path: Path) -> int | None:
+    """The bytes the file holds on disk (a qcow2 overlay's allocated clusters and its metadata);
+    None when it went away meanwhile."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return None
 
 
 def check_incoming(store: DiskStore | None, spec: GuestSpec, copy: DiskCopy | None) -> None:

@@ -195,6 +195,18 @@ class InstanceBrief(BaseModel):
     vcpus: int
     ram_mb: int
     state: str
+    disk_bytes: int = Field(
+        default=0, description="its local disk's allocated bytes, copied by a move (0: shared)"
+    )
+
+
+class BytesToMove(BaseModel):
+    """What a drain of the host sends over its migration link: the physical bound of the drain
+    is `total_bytes` over that link's throughput, whatever streams run at once."""
+
+    ram_bytes: int
+    disk_bytes: int = Field(description="local disks' allocated bytes, as last reported")
+    total_bytes: int
 
 
 class MaintenancePreviewOut(BaseModel):
@@ -203,6 +215,7 @@ class MaintenancePreviewOut(BaseModel):
     from_state: MaintenanceState
     to_state: MaintenanceState
     instances: list[InstanceBrief]
+    to_move: BytesToMove
     plan: PlanOut
     notes: list[str]
 

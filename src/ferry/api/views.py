@@ -8,6 +8,7 @@ from ferry.domain.host import AdminState, MaintenanceState, excluded_from_schedu
 from ferry.protocol import Capabilities, Inventory
 from ferry.scheduler.model import Resources
 from ferry.scheduler.planner import Plan
+from ferry.services import placement
 from ferry.services.hosts import HostLoad, LivenessPolicy
 from ferry.services.maintenance import MaintenancePreview, MaintenanceStatus
 from ferry.services.placement import capacity
@@ -105,16 +106,25 @@ def maintenance(status: MaintenanceStatus) -> schemas.MaintenanceOut:
 
 
 def preview(result: MaintenancePreview) -> schemas.MaintenancePreviewOut:
+    sizes = {i.id: placement.bytes_to_move(i) for i in result.instances}
+    ram = sum(r for r, _ in sizes.values())
+    disk = sum(d for _, d in sizes.values())
     return schemas.MaintenancePreviewOut(
         host=result.host.name,
         from_state=result.from_state,
         to_state=result.to_state,
         instances=[
             schemas.InstanceBrief(
-                id=i.id, name=i.name, vcpus=i.vcpus, ram_mb=i.ram_mb, state=i.state
+                id=i.id,
+                name=i.name,
+                vcpus=i.vcpus,
+                ram_mb=i.ram_mb,
+                state=i.state,
+                disk_bytes=sizes[i.id][1],
             )
             for i in result.instances
         ],
+        to_move=schemas.BytesToMove(ram_bytes=ram, disk_bytes=disk, total_bytes=ram + disk),
         plan=plan(result.plan),
         notes=result.notes,
     )

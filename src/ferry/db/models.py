@@ -173,6 +173,8 @@ class Instance(Base):
     flavor: Mapped[str] = mapped_column(String(63), default="")
     dirty_rate_mbps: Mapped[int] = mapped_column(default=0)
     disk_write_kibps: Mapped[int] = mapped_column(default=0, server_default="0")
+    # A local disk's allocated bytes as its host last reported them (what moving it copies).
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # The shared pool its disk is in; None: the local storage of its host (or no disk).
     storage_pool: Mapped[str | None] = mapped_column(String(63))
     server_group: Mapped[str | None] = mapped_column(String(63))

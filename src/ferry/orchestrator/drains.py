@@ -8,9 +8,11 @@ correctly after any restart:
 - scheduling: queued migrations get a destination and its claim while the limits allow
   (`max_parallel` drain migrations in the cluster, `max_outbound` + `prepare_ahead` in flight from
   the source, `max_inbound` into a destination). The planned destination is kept while it still
-  passes the scheduler's filters; otherwise the scheduler picks. Smallest instances go first (each
-  one done frees the source soonest); while a migration from the source is stalling (its downtime
-  limit escalated), no new one starts there, so it keeps the link to converge;
+  passes the scheduler's filters; otherwise the scheduler picks. Smallest moves go first, by the
+  bytes they send (RAM plus a local disk's allocated bytes: each one done frees the source
+  soonest); while a migration from the source is stalling (its downtime limit escalated), no new
+  one starts there, so it keeps the link to converge. A stream copying a disk counts against
+  `max_outbound` as one carrying RAM does: both share the source's link;
 - retries: a failed migration is retried after `retry_backoff_s` (doubling) on a destination
   that has not failed a live move of that instance (a cold move may go anywhere), up to
   `max_attempts`;
@@ -373,7 +375,8 @@ def _at_limit(load: _Load, source: Host, policy: DrainPolicy) -> bool:
 
 
 def _size(instance: Instance | None) -> tuple[int, str]:
-    return (instance.ram_mb, instance.name) if instance else (0, "")
+    """Smallest move first: RAM and local disk bytes to copy alike."""
+    return (sum(placement.bytes_to_move(instance)), instance.name) if instance else (0, "")
 
 
 def _end(

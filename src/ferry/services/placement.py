@@ -123,6 +123,16 @@ def disk_pool_of(instance: Instance) -> str | None:
     return instance.storage_pool or ""
 
 
+def bytes_to_move(instance: Instance) -> tuple[int, int]:
+    """What a live move of the instance sends: its RAM, and its local disk's allocated bytes as
+    its host last reported them (0 on shared storage, where the disk stays; 0 until a first
+    report). The drain orders its moves by their sum, and a drain's physical bound is the sum
+    over its instances divided by the source's link: RAM and disk streams share that link."""
+    ram = instance.ram_mb << 20
+    local = instance.image_id is not None and not instance.storage_pool
+    return ram, (instance.disk_bytes or 0) if local else 0
+
+
 class Placer:
     def __init__(self, scheduler: Scheduler, liveness: LivenessPolicy) -> None:
         self.scheduler = scheduler

@@ -145,7 +145,14 @@ async def test_agent_api_spawn_list_destroy(agent: httpx.AsyncClient) -> None:
     assert (facts["host"], facts["driver"], facts["ram_mb"]) == ("host1", "fake", 1024)
     created = await agent.post("/v1/guests", json=GUEST_BODY)
     assert created.status_code == 201
-    report = {"id": spec(1).id, "name": "vm1", "power": "running", "pid": None, "detail": ""}
+    report = {
+        "id": spec(1).id,
+        "name": "vm1",
+        "power": "running",
+        "pid": None,
+        "detail": "",
+        "disk_bytes": None,
+    }
     assert created.json() == report
     assert (await agent.post("/v1/guests", json=GUEST_BODY)).json() == report  # idempotent
     assert (await agent.get("/v1/guests")).json() == [report]

@@ -136,3 +136,24 @@ async def test_a_disk_that_cannot_be_made_leaves_nothing(tmp_path: Path, qcow2_b
         await store.create("vm-1", DiskSpec(image, 1 << 30), tmp_path / "missing.qcow2")
     assert not store.exists("vm-1")
     assert list((tmp_path / "disks" / "vm-1").iterdir()) == []
+
+
+async def test_local_storage_lists_each_disks_allocated_bytes(
+    tmp_path: Path, qcow2_base: Path
+) -> None:
+    """What moving a local disk copies: the overlay's allocated data, not its virtual size; it
+    grows with what the guest writes. Shared storage lists none (its disks stay put)."""
+    store = DiskStore(StorageSettings(path=tmp_path / "disks", image_cache=tmp_path / "images"))
+    image = ImageSpec(IMAGE.id, "base", "qcow2", 1, 64 << 20, IMAGE.sha256)
+    path = await store.create("vm-1", DiskSpec(image, 1 << 30), qcow2_base)
+    fresh = store.inventory().allocated["vm-1"]
+    assert 0 < fresh < 1 << 20
+    write = ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 8M", str(path)]
+    await asyncio.to_thread(subprocess.run, write, check=True, capture_output=True)
+    written = store.inventory().allocated["vm-1"]
+    assert 8 << 20 <= written < (8 << 20) + (1 << 20)
+    pool = StorageSettings(
+        kind="shared", pool="p1", path=tmp_path / "disks", image_cache=tmp_path / "images"
+    )
+    shared = DiskStore(pool).inventory()
+    assert shared.instance_ids == ["vm-1"] and shared.allocated == {}

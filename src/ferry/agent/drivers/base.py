@@ -123,6 +123,8 @@ class DiskInventory:
     instance_ids: list[str]
     total_bytes: int
     free_bytes: int
+    # Each disk's allocated bytes on local storage (what moving it copies); not kept for shared.
+    allocated: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
