@@ -1,5 +1,6 @@
-"""A drain as an operator follows it: overall progress and one bar per instance while it runs,
-then a summary (where each instance went, its downtime and time)."""
+"""A drain as an operator follows it: overall progress and one bar per instance while it runs
+(and a disk bar beside it for an instance whose local disk is copied), then a summary (where
+each instance went, its downtime and time, the RAM and disk bytes moved)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from ferry.cli.client import CliError
 from ferry.cli.output import console, styled, table
+from ferry.cli.progress_view import (
+    bar_columns,
+    copying,
+    disk_bar,
+    disk_cell,
+    disk_line,
+    totals,
+    totals_text,
+)
 
 MIB = 2**20
 ACTIVE = {"queued", "scheduled", "preparing", "running", "postcopy", "switching"}
@@ -44,6 +54,7 @@ def _line(m: dict[str, Any]) -> str:
         text += f" {sent:.0f}/{total:.0f} MiB"
     if m["throughput_mbps"]:
         text += f" {m['throughput_mbps']:.0f} Mbit/s"
+    text += disk_line(m)
     if m["error"] and m["state"] not in ACTIVE:
         text += f": {m['error']}"
     return text
@@ -56,14 +67,7 @@ def follow(fetch: Fetch, timeout: float, *, quiet: bool) -> dict[str, Any]:
     status = fetch()
     if quiet or not console.is_terminal:
         return _follow_lines(fetch, status, deadline, quiet=quiet)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as bars:
+    with Progress(*bar_columns(), console=console) as bars:
         overall = bars.add_task(_overall(status), total=None, detail="")
         tasks: dict[str, TaskID] = {}
         while _draining(status):
@@ -74,20 +78,32 @@ def follow(fetch: Fetch, timeout: float, *, quiet: bool) -> dict[str, Any]:
                 description=_overall(status),
                 total=drain.get("instances_total") or None,
                 completed=drain.get("instances_moved", 0),
+                detail=totals_text(totals(latest(status).values())),
             )
-            for name, m in latest(status).items():
-                if name not in tasks:
-                    tasks[name] = bars.add_task(name, total=None, detail="")
-                bars.update(
-                    tasks[name],
-                    description=f"  {name} -> {m['destination'] or '?'}",
-                    total=m["bytes_total"] or None,
-                    completed=m["bytes_sent"] or 0,
-                    detail=styled(m["state"]),
-                )
+            _update_bars(bars, tasks, status)
             time.sleep(0.5)
             status = fetch()
     return status
+
+
+def _update_bars(bars: Progress, tasks: dict[str, TaskID], status: dict[str, Any]) -> None:
+    """One bar per instance (its RAM), and one for its disk below it once a disk is copied."""
+    for name, m in latest(status).items():
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=None, detail="")
+        bars.update(
+            tasks[name],
+            description=f"  {name} -> {m['destination'] or '?'}",
+            total=m["bytes_total"] or None,
+            completed=m["bytes_sent"] or 0,
+            detail=styled(m["state"]) + (", copying the disk first" if copying(m) else ""),
+        )
+        copy = disk_bar(m)
+        if copy is None:
+            continue
+        if f"{name}/disk" not in tasks:
+            tasks[f"{name}/disk"] = bars.add_task("    disk", total=None, detail="")
+        bars.update(tasks[f"{name}/disk"], **copy)
 
 
 def _follow_lines(
@@ -140,12 +156,14 @@ def summary(status: dict[str, Any]) -> None:
             ),
             ("TIME", lambda m: _seconds(m["started_at"], m["finished_at"])),
             ("SENT MiB", lambda m: f"{(m['bytes_sent'] or 0) / MIB:.0f}"),
+            ("DISK MiB", disk_cell),
             ("ERROR", lambda m: m["error"] or ""),
         ],
     )
     drain = status["drain"] or {}
     console.print(
         f"\n{drain.get('instances_moved', 0)} of {drain.get('instances_total', 0)} instance(s) "
-        f"moved in {_seconds(drain.get('created_at'), drain.get('finished_at'))}",
+        f"moved in {_seconds(drain.get('created_at'), drain.get('finished_at'))}; "
+        f"{totals_text(totals(latest(status).values()))}",
         highlight=False,
     )

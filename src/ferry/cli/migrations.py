@@ -7,11 +7,19 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TaskID
 
 from ferry.cli.client import Api, CliError
 from ferry.cli.context import api
 from ferry.cli.output import Format, FormatOpt, console, emit_json, fields, styled, table, when
+from ferry.cli.progress_view import (
+    bar_columns,
+    copying,
+    disk_bar,
+    disk_cell,
+    disk_line,
+    disk_summary,
+)
 
 app = typer.Typer(help="Live migrations: list, show, abort.", no_args_is_help=True)
 ACTIVE = {"queued", "scheduled", "preparing", "running", "postcopy", "switching"}
@@ -57,6 +65,8 @@ def migrate(
 
 
 def _detail(m: dict[str, Any]) -> str:
+    if copying(m):
+        return f"{m['state']}: copying the disk first"
     detail = f"{m['state']} pass {m['passes'] or 0}"
     if m["throughput_mbps"]:
         detail += f" {m['throughput_mbps']:.0f} Mbit/s"
@@ -66,24 +76,23 @@ def _detail(m: dict[str, Any]) -> str:
 
 
 def _follow(client: Api, m: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
-    """Poll until the migration ends: a live bar on a terminal, a line per second otherwise
-    (none when `quiet`: JSON follows on stdout)."""
+    """Poll until the migration ends: a live bar on a terminal (the RAM's, and the disk's beside
+    it when a local disk is copied), a line per second otherwise (none when `quiet`: JSON
+    follows on stdout)."""
     if quiet or not console.is_terminal:
         return _follow_lines(client, m, quiet=quiet)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*bar_columns(), console=console, transient=True) as bar:
         task = bar.add_task(
             f"{m['instance']} {m['source']} -> {m['destination']}", total=None, detail=m["state"]
         )
+        disk: TaskID | None = None
         while m["state"] in ACTIVE:
             time.sleep(0.5)
             m = client.get(f"/v1/migrations/{m['id']}")
+            if (copy := disk_bar(m)) is not None:
+                if disk is None:
+                    disk = bar.add_task("  disk", total=None, detail="")
+                bar.update(disk, **copy)
             bar.update(
                 task,
                 total=m["bytes_total"] or None,
@@ -99,7 +108,7 @@ def _follow_lines(client: Api, m: dict[str, Any], *, quiet: bool) -> dict[str, A
         line = (
             f"{m['instance']} {m['source']} -> {m['destination']}: "
             f"{(m['bytes_sent'] or 0) / MIB:.0f}/{(m['bytes_total'] or 0) / MIB:.0f} MiB "
-            f"{_detail(m)}"
+            f"{_detail(m)}{disk_line(m)}"
         )
         if line != shown and not quiet:
             console.print(line)
@@ -139,6 +148,7 @@ def _summary(m: dict[str, Any]) -> None:
                 f"{(m['bytes_sent'] or 0) / MIB:.0f} of {(m['bytes_total'] or 0) / MIB:.0f}"
                 f" MiB sent, {(m['bytes_remaining'] or 0) / MIB:.0f} MiB remaining",
             ),
+            *([("disk", disk_summary(m["disk"]))] if m.get("disk") else []),
             ("passes", m["passes"]),
             ("dirty rate", f"{(m['dirty_rate'] or 0) / MIB:.0f} MiB/s"),
             ("throughput", f"{m['throughput_mbps'] or 0:.0f} Mbit/s"),
@@ -171,6 +181,7 @@ COLUMNS = [
         "SENT MiB",
         lambda m: f"{(m['bytes_sent'] or 0) / MIB:.0f}/{(m['bytes_total'] or 0) / MIB:.0f}",
     ),
+    ("DISK MiB", disk_cell),
     ("DOWNTIME", lambda m: f"{m['downtime_ms']} ms" if m["downtime_ms"] is not None else "-"),
     ("ERROR", lambda m: m["error"] or ""),
 ]
