@@ -43,6 +43,7 @@ from tests.lab.support import (
     page,
     ping,
     qemu_pids,
+    restart_controller,
     running_lab,
     wait_for,
 )
@@ -228,6 +229,23 @@ def test_source_agent_killed_mid_mirror_and_restarted(lab: Path, vm: Vm) -> None
     runs_only_on(lab, vm, m["destination"])
     verify(vm)
     qemu_img_check(disk(lab, m["destination"], vm))
+
+
+def test_controller_killed_mid_mirror_and_restarted(lab: Path, vm: Vm) -> None:
+    """The copy goes on in QEMU while no controller runs; the controller started again asks
+    both ends and sees the move through: one running copy, the disk intact."""
+    boot_id = page(vm.ip)["boot_id"]
+    m = mirroring(lab, vm, "max_bandwidth_mib=2")
+    restart_controller(lab)
+    m = ended(lab, m["id"])
+    print(f"\ncontroller restarted mid-mirror: {m['state']} {m['error'] or ''}")
+    assert m["state"] == "completed" and m["leftover"] is None, m
+    assert m["disk"]["ready"] and m["disk"]["copied_bytes"] >= m["disk"]["total_bytes"] > 0, m
+    assert page(vm.ip)["boot_id"] == boot_id
+    runs_only_on(lab, vm, m["destination"])
+    verify(vm)
+    qemu_img_check(disk(lab, m["destination"], vm))
+    assert not disk(lab, "host1", vm).exists()
 
 
 def test_link_cut_mid_mirror(lab: Path, vm: Vm) -> None:

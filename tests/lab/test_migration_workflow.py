@@ -10,7 +10,6 @@ boots its own instances on host1 and deletes them wherever they end up.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ from tests.lab.support import (
     page,
     ping,
     qemu_pids,
+    restart_controller,
     running_lab,
     taps,
     wait_for,
@@ -261,38 +261,6 @@ def test_destination_qemu_killed_mid_flight(lab: Path, boot: Callable[..., Vm]) 
     assert instance_counts(lab) == counts
     rundir = lab / "hosts" / m["destination"] / "run" / vm.id
     assert not rundir.exists()
-
-
-def restart_controller(lab: Path) -> int:
-    """SIGKILL the lab's controller and start it again with the same command line and
-    environment; returns the new pid."""
-    pid = int(_lab_record(lab)["controller_pid"])
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    env_raw = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
-    env = dict(item.decode().split("=", 1) for item in env_raw)
-    os.kill(pid, signal.SIGKILL)
-    with (lab / "controller.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [a.decode() for a in argv],
-            env=env,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    _save_controller_pid(lab, proc.pid)
-    return proc.pid
-
-
-def _lab_record(lab: Path) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads((lab / "lab.json").read_text())
-    return record
-
-
-def _save_controller_pid(lab: Path, pid: int) -> None:
-    record = _lab_record(lab)
-    record["controller_pid"] = pid
-    (lab / "lab.json").write_text(json.dumps(record, indent=2))
 
 
 def stream_after(m: dict[str, Any], moment: datetime) -> float:

@@ -2,10 +2,12 @@
 bytes the drain moved divided by the source's link throughput, measured by a TCP stream in the
 same run) and against the same drain done one migration at a time (`max_parallel` 1,
 `max_outbound` 1, `prepare_ahead` 0: what a client-side loop does), on the same guests in the
-same run, for each workload (idle guests, guests dirtying memory at a set rate). Every guest is
+same run, for each workload (idle guests, guests dirtying memory at a set rate; on a lab with
+local storage, guests whose disks hold data to copy, idle or writing to their disks). Every guest is
 pinged every 10 ms during each drain: the blackout per instance, as lost probes and as the longest
 silence between answers (`probe.py`). The guests are real instances: root disks of the lab
-image on the lab's shared storage, addresses from DHCP. The migrations' throughput
+image (on the lab's storage: shared, or each host's own for the disk workloads, where the bound
+counts the disks' copied bytes with the RAM's), addresses from DHCP. The migrations' throughput
 (bytes sent over each one's time) is set against the link's.
 """
 
@@ -16,8 +18,10 @@ import contextlib
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from ferry.bench.disk_fill import fill, flavor_disk_gb, qmp_socket
 from ferry.bench.migration import (
     ANSWER_TIMEOUT_S,
     LAB_IMAGE,
@@ -39,15 +43,29 @@ ONE_AT_A_TIME = {"max_parallel": 1, "max_outbound": 1, "prepare_ahead": 0}
 class Workload:
     name: str
     dirty_mibps: int  # what each guest dirties per second (0: idle)
+    disk_mib: int = 0  # data on each guest's local disk before the drain (0: RAM only)
+    disk_write_kibps: int = 0  # what each guest writes to its disk throughout
+
+    @property
+    def local(self) -> bool:
+        """It moves disks: the lab's hosts must keep them on local storage."""
+        return self.disk_mib > 0
 
 
 IDLE = Workload("idle", 0)
-WORKLOAD_NAMES = ("idle", "dirtying")
+WORKLOAD_NAMES = ("idle", "dirtying", "disk-idle", "disk-writing")
 
 
-def workloads_named(names: str, dirty_mibps: int) -> tuple[Workload, ...]:
-    """The workloads of a comma-separated list (`idle`, `dirtying` at `dirty_mibps` per guest);
-    ValueError naming the known ones for anything else."""
+@dataclass(frozen=True)
+class Rates:
+    dirty_mibps: int = 16  # the dirtying guests'
+    disk_mib: int = 1024  # the data on each disk of the disk workloads
+    disk_write_kibps: int = 1024  # the disk-writing guests'
+
+
+def workloads_named(names: str, rates: Rates) -> tuple[Workload, ...]:
+    """The workloads of a comma-separated list (`idle`, `dirtying`, and on local storage
+    `disk-idle`, `disk-writing`); ValueError naming the known ones for anything else."""
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     unknown = sorted(set(chosen) - set(WORKLOAD_NAMES))
     if unknown or not chosen:
@@ -55,7 +73,12 @@ def workloads_named(names: str, dirty_mibps: int) -> tuple[Workload, ...]:
             f"unknown workload(s) {', '.join(unknown) or '(none given)'}; "
             f"known: {', '.join(WORKLOAD_NAMES)}"
         )
-    known = {"idle": IDLE, "dirtying": Workload("dirtying", dirty_mibps)}
+    known = {
+        "idle": IDLE,
+        "dirtying": Workload("dirtying", rates.dirty_mibps),
+        "disk-idle": Workload("disk-idle", 0, rates.disk_mib),
+        "disk-writing": Workload("disk-writing", 0, rates.disk_mib, rates.disk_write_kibps),
+    }
     return tuple(known[n] for n in dict.fromkeys(chosen))
 
 
@@ -70,12 +93,13 @@ class DrainRun:
     workload: str
     mode: str
     wall_s: float  # maintenance enter to in_maintenance
-    moved_mib: float  # bytes the drain's migrations sent
+    moved_mib: float  # bytes the drain's migrations sent: RAM streams and disk copies
     link_mibps: float
     blackouts_ms: list[float] = field(default_factory=list)
     downtimes_ms: list[int] = field(default_factory=list)
     throughputs_mibps: list[float] = field(default_factory=list)  # each migration's bytes / time
     silences_ms: list[float] = field(default_factory=list)  # per instance, wall clock
+    disk_mib: float = 0.0  # of moved_mib: the disk copies'
 
     @property
     def bound_s(self) -> float:
@@ -104,6 +128,7 @@ class DrainBench:
             raise LabError("the drain bench needs a lab of at least 3 hosts")
         self.api = ControllerApi(record)
         self.hosts = record.hosts[:3]
+        self.lab_dir = Path(record.dir)
         self.say, self.count, self.max_bandwidth_mib = say, instances, max_bandwidth_mib
         self.workloads = workloads
         self.names = [f"drain-{n}" for n in range(instances)]
@@ -128,11 +153,40 @@ class DrainBench:
     async def _boot(self, workload: Workload) -> dict[str, str]:
         self.say(f"{workload.name}: booting {self.count} guests dirtying "
                  f"{workload.dirty_mibps} MiB/s each on {self.hosts[0].name}")  # fmt: skip
+        flavor = await self._flavor(workload)
         for name in self.names:
-            body = {"name": name, "flavor": "tiny", "network": "lab", "host": self.hosts[0].name,
-                    "image": LAB_IMAGE, "dirty_rate_mbps": workload.dirty_mibps}  # fmt: skip
+            body = {"name": name, "flavor": flavor, "network": "lab", "host": self.hosts[0].name,
+                    "image": LAB_IMAGE, "dirty_rate_mbps": workload.dirty_mibps,
+                    "disk_write_kibps": workload.disk_write_kibps}  # fmt: skip
             await self.api.call("POST", "/v1/instances", json=body)
-        return {name: await self._ready(name) for name in self.names}
+        ips = {name: await self._ready(name) for name in self.names}
+        if workload.local:
+            await self._fill_disks(workload)
+        return ips
+
+    async def _flavor(self, workload: Workload) -> str:
+        """`tiny` for RAM-only workloads; for the disk ones a flavor whose disk holds their data
+        (made once: a lab that has it already keeps it). LabError unless the lab's hosts keep
+        disks on local storage (on shared storage a drain copies no disk)."""
+        if not workload.local:
+            return "tiny"
+        host = await self.api.call("GET", f"/v1/hosts/{self.hosts[0].name}")
+        if (host.get("storage") or {}).get("kind") != "local":
+            raise LabError(f"the {workload.name} workload needs a lab on local storage "
+                           "(ferry lab up --storage local)")  # fmt: skip
+        size = flavor_disk_gb(workload.disk_mib)
+        name = f"bench-disk-{size}g"
+        flavors = await self.api.call("GET", "/v1/flavors")
+        if name not in {f["name"] for f in flavors}:
+            body = {"name": name, "vcpus": 1, "ram_mb": 128, "disk_gb": size}
+            await self.api.call("POST", "/v1/flavors", json=body)
+        return name
+
+    async def _fill_disks(self, workload: Workload) -> None:
+        self.say(f"{workload.name}: writing {workload.disk_mib} MiB into each guest's disk")
+        for name in self.names:
+            inst = await self.api.call("GET", f"/v1/instances/{name}")
+            await fill(qmp_socket(self.lab_dir, inst["host"], inst["id"]), workload.disk_mib)
 
     async def _ready(self, name: str) -> str:
         inst = await wait_for(lambda: self._running(name), f"{name} to boot", 180)
@@ -191,11 +245,13 @@ class DrainBench:
             raise LabError(f"the {mode} drain ended {status['maintenance']['state']}: "
                            f"{status['drain']['error']}")  # fmt: skip
         done = [m for m in status["migrations"] if m["state"] == "completed"]
+        disk = sum((m.get("disk") or {}).get("copied_bytes", 0) for m in done) / MIB
         return DrainRun(
             workload=workload.name,
             mode=mode,
             wall_s=wall,
-            moved_mib=sum(m["bytes_sent"] or 0 for m in done) / MIB,
+            moved_mib=sum(m["bytes_sent"] or 0 for m in done) / MIB + disk,
+            disk_mib=disk,
             link_mibps=link,
             blackouts_ms=[b.ms for b in probed],
             downtimes_ms=[int(m["downtime_ms"] or 0) for m in done],

@@ -193,62 +193,79 @@ def migration_section(results: list[dict[str, Any]], out: Path) -> Section:
 # -- lab drain ----------------------------------------------------------------------------------
 
 
-def drain_section(report: dict[str, Any], out: Path) -> Section:
+def _drain_row(r: dict[str, Any]) -> list[Cell]:
+    return [
+        r.get("workload", "idle"),
+        r["mode"],
+        r["wall_s"],
+        f"{r['moved_mib']:.0f} / {r.get('disk_mib', 0):.0f}",
+        r["bound_s"],
+        r["ratio_to_bound"],
+        r["ratio_to_one_at_a_time"] if r["ratio_to_one_at_a_time"] is not None else "-",
+        "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
+        "/".join(f"{r['silence_ms'][k]:.0f}" for k in ("median", "p99", "max"))
+        if "silence_ms" in r
+        else "-",
+        r.get("throughput_to_link") or "-",
+    ]
+
+
+DRAIN_HEADERS = [
+    "workload",
+    "mode",
+    "drain s",
+    "moved MiB / of which disk",
+    "bound s",
+    "x bound",
+    "x one-at-a-time",
+    "blackout ms median/p99/max",
+    "silence ms median/p99/max",
+    "migration throughput / link",
+]
+
+
+def drain_section(report: dict[str, Any], out: Path, *, disks: bool = False) -> Section:
+    """The lab drain's runs; `disks`: those of the disk workloads (local storage)."""
     runs: list[dict[str, Any]] = report["runs"]
     probe = report.get("probe_interval_ms", 20)
-    rows: list[list[Cell]] = [
-        [
-            r.get("workload", "idle"),
-            r["mode"],
-            r["wall_s"],
-            r["bound_s"],
-            r["ratio_to_bound"],
-            r["ratio_to_one_at_a_time"] if r["ratio_to_one_at_a_time"] is not None else "-",
-            "/".join(f"{r['blackout_ms'][k]:.0f}" for k in ("median", "p99", "max")),
-            "/".join(f"{r['silence_ms'][k]:.0f}" for k in ("median", "p99", "max"))
-            if "silence_ms" in r
-            else "-",
-            r.get("throughput_to_link") or "-",
-        ]
-        for r in runs
-    ]
+    stem = "drain-disks" if disks else "drain"
     labels = [f"{r.get('workload', 'idle')}\n{r['mode']}" for r in runs]
     times = _bars(
-        out / "drain-time.png",
+        out / f"{stem}-time.png",
         labels,
         {"drain": [r["wall_s"] for r in runs], "physical bound": [r["bound_s"] for r in runs]},
         "seconds",
         "Drain time against the physical bound",
     )
     blackouts = _spread(
-        out / "drain-blackout.png",
+        out / f"{stem}-blackout.png",
         labels,
         [r["blackouts_ms"] for r in runs],
         "ms",
         f"Blackout per instance ({probe:.0f} ms prober)",
     )
+    where = (
+        "Local disks: each guest's disk holds data to copy, moved live with it (NBD over TLS), "
+        "the guest idle or writing to its disk. "
+        if disks
+        else ""
+    )
     return Section(
-        "Lab drain: real QEMU, shaped links",
-        "ferry bench drain --dir LAB --workloads idle,dirtying --out DIR",
-        "A host's guests drained live by Ferry and, as the baseline, by one migration at a time "
-        "(max_parallel=1, max_outbound=1, prepare_ahead=0: a client-side loop), on the same "
-        "guests in the same run. Physical bound: bytes the drain moved / the source link's TCP "
-        f"throughput measured in the run. Blackout: longest run of lost probes of a {probe:.0f} ms "
-        "prober per instance, times the interval; silence: the longest time between two of its "
-        "answers (median/p99/max). Throughput: each migration's bytes over its own time "
-        "(median), over the link's.",
-        [
-            "workload",
-            "mode",
-            "drain s",
-            "bound s",
-            "x bound",
-            "x one-at-a-time",
-            "blackout ms median/p99/max",
-            "silence ms median/p99/max",
-            "migration throughput / link",
-        ],
-        rows,
+        "Lab drain of local disks: real QEMU, shaped links"
+        if disks
+        else "Lab drain: real QEMU, shaped links",
+        "ferry bench drain --dir LAB --workloads disk-idle,disk-writing --out DIR"
+        if disks
+        else "ferry bench drain --dir LAB --workloads idle,dirtying --out DIR",
+        f"{where}A host's guests drained live by Ferry and, as the baseline, by one migration "
+        "at a time (max_parallel=1, max_outbound=1, prepare_ahead=0: a client-side loop), on the "
+        "same guests in the same run. Physical bound: bytes the drain moved (RAM and disks) / "
+        "the source link's TCP throughput measured in the run. Blackout: longest run of lost "
+        f"probes of a {probe:.0f} ms prober per instance, times the interval; silence: the "
+        "longest time between two of its answers (median/p99/max). Throughput: each "
+        "migration's bytes over its own time (median), over the link's.",
+        DRAIN_HEADERS,
+        [_drain_row(r) for r in runs],
         [times, blackouts],
     )
 
@@ -367,6 +384,7 @@ SECTIONS: dict[str, Callable[[Any, Path], Section]] = {
     "planner": planner_section,
     "migration": migration_section,
     "drain": drain_section,
+    "drain-disks": lambda report, out: drain_section(report, out, disks=True),
     "scale": scale_section,
     "faults": faults_section,
     "faults-lab": lambda runs, out: faults_section(runs, out, lab=True),

@@ -74,12 +74,26 @@ DRAIN_COLUMNS = [
     ("MODE", lambda r: r["mode"]),
     ("DRAIN s", lambda r: f"{r['wall_s']:.1f}"),
     ("MOVED MiB", lambda r: f"{r['moved_mib']:.0f}"),
+    ("OF WHICH DISK", lambda r: f"{r.get('disk_mib', 0):.0f}"),
     ("BOUND s", lambda r: f"{r['bound_s']:.1f}"),
     ("x BOUND", lambda r: f"{r['ratio_to_bound']:.2f}"),
     ("x ONE-AT-A-TIME", lambda r: f"{r['ratio_to_one_at_a_time']:.2f}"),
     ("BLACKOUT ms median/p99/max", lambda r: _spread(r, "blackout_ms")),
     ("SILENCE ms median/p99/max", lambda r: _spread(r, "silence_ms") if "silence_ms" in r else "-"),
     ("DOWNTIME ms max", lambda r: max(r["downtimes_ms"], default=0)),
+]
+
+
+DirtyOpt = Annotated[
+    int, typer.Option(min=1, max=1000, help="what each dirtying guest writes per second, MiB")
+]
+DiskMibOpt = Annotated[
+    int,
+    typer.Option(min=1, max=65536, help="data on each guest's disk (disk workloads), MiB"),
+]
+DiskWriteOpt = Annotated[
+    int,
+    typer.Option(min=1, max=100_000, help="what each disk-writing guest writes per second, KiB"),
 ]
 
 
@@ -91,24 +105,48 @@ def drain(
         int, typer.Option(min=1, max=100_000, help="the migrations' bandwidth cap")
     ] = 1000,
     workloads: Annotated[
-        str, typer.Option(help="comma-separated: idle, dirtying (each drained both ways)")
+        str,
+        typer.Option(
+            help="comma-separated: idle, dirtying, and on a lab with local storage disk-idle, "
+            "disk-writing (each drained both ways)"
+        ),
     ] = "idle,dirtying",
-    dirty_mibps: Annotated[
-        int, typer.Option(min=1, max=1000, help="what each dirtying guest writes per second, MiB")
-    ] = 16,
+    dirty_mibps: DirtyOpt = 16,
+    disk_mib: DiskMibOpt = 1024,
+    disk_write_kibps: DiskWriteOpt = 1024,
     out: OutOpt = None,
     fmt: FormatOpt = Format.TABLE,
 ) -> None:
-    """Drain time of the lab's first host against the physical bound (bytes moved / the source
-    link's TCP throughput) and against one migration at a time, on the same guests."""
-    from ferry.bench.drain import DrainBench, to_json, workloads_named  # noqa: PLC0415
+    """Drain time of the lab's first host against the physical bound (bytes moved, RAM and
+    disks, / the source link's TCP throughput) and against one migration at a time, on the same
+    guests. The results of disk workloads are saved as `drain-disks`, the others as `drain`."""
+    from ferry.bench.drain import Rates, workloads_named  # noqa: PLC0415
+
+    try:
+        chosen = workloads_named(workloads, Rates(dirty_mibps, disk_mib, disk_write_kibps))
+    except ValueError as exc:
+        raise CliError(f"--workloads: {exc}") from None
+    report = _run_drain(lab_dir, instances, max_bandwidth_mib, chosen, fmt)
+    _save(out, "drain-disks" if any(w.local for w in chosen) else "drain", report)
+    if fmt is Format.JSON:
+        emit_json(report)
+        return
+    table(report["runs"], DRAIN_COLUMNS)
+    console.print(
+        "BOUND: bytes the drain moved (RAM and disks) / the source link's TCP throughput "
+        "measured in this run; one at a time: max_parallel=1, max_outbound=1, prepare_ahead=0 "
+        "on the same guests",
+        highlight=False,
+    )
+
+
+def _run_drain(
+    lab_dir: Path, instances: int, max_bandwidth_mib: int, chosen: Any, fmt: Format
+) -> dict[str, Any]:
+    from ferry.bench.drain import DrainBench, to_json  # noqa: PLC0415
     from ferry.lab.cluster import LabRecord  # noqa: PLC0415
     from ferry.lab.lifecycle import LabError  # noqa: PLC0415
 
-    try:
-        chosen = workloads_named(workloads, dirty_mibps)
-    except ValueError as exc:
-        raise CliError(f"--workloads: {exc}") from None
     record = LabRecord.load(lab_dir.resolve())
     if record is None:
         raise CliError(f"no lab in {lab_dir}: start one with `ferry lab up`")
@@ -119,19 +157,9 @@ def drain(
 
     try:
         bench = DrainBench(record, say, instances, max_bandwidth_mib, chosen)
-        report = to_json(asyncio.run(bench.run()))
+        return to_json(asyncio.run(bench.run()))
     except LabError as exc:
         raise CliError(str(exc)) from exc
-    _save(out, "drain", report)
-    if fmt is Format.JSON:
-        emit_json(report)
-        return
-    table(report["runs"], DRAIN_COLUMNS)
-    console.print(
-        "BOUND: bytes the drain moved / the source link's TCP throughput measured in this run; "
-        "one at a time: max_parallel=1, max_outbound=1, prepare_ahead=0 on the same guests",
-        highlight=False,
-    )
 
 
 @app.command("migration")

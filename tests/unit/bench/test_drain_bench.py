@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ferry.bench.disk_fill import flavor_disk_gb
 from ferry.bench.drain import (
     IDLE,
     DrainRun,
+    Rates,
     Workload,
     blackout_summary,
     migration_throughput,
@@ -59,9 +61,21 @@ def test_blackout_summary_nearest_rank() -> None:
 
 
 def test_workloads_are_chosen_by_name_in_order_once() -> None:
-    chosen = workloads_named("dirtying, idle,dirtying", 24)
+    rates = Rates(dirty_mibps=24, disk_mib=2048, disk_write_kibps=512)
+    chosen = workloads_named("dirtying, idle,dirtying", rates)
     assert chosen == (Workload("dirtying", 24), IDLE)
-    with pytest.raises(ValueError, match=r"unknown workload\(s\) busy; known: idle, dirtying"):
-        workloads_named("idle,busy", 24)
+    assert not any(w.local for w in chosen)
+    disks = workloads_named("disk-writing,disk-idle", rates)
+    assert disks == (Workload("disk-writing", 0, 2048, 512), Workload("disk-idle", 0, 2048))
+    assert all(w.local for w in disks)
+    known = "known: idle, dirtying, disk-idle, disk-writing"
+    with pytest.raises(ValueError, match=rf"unknown workload\(s\) busy; {known}"):
+        workloads_named("idle,busy", rates)
     with pytest.raises(ValueError, match="none given"):
-        workloads_named(" , ", 24)
+        workloads_named(" , ", rates)
+
+
+def test_a_disk_workloads_flavor_holds_the_image_and_its_data() -> None:
+    assert flavor_disk_gb(1024) == 2  # 512 MiB of image room, then 1 GiB
+    assert flavor_disk_gb(512) == 1
+    assert flavor_disk_gb(513) == 2
