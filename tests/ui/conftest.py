@@ -1,8 +1,11 @@
 """The dashboard in a real browser (tests/ui/browser.py) against a real controller over HTTPS
-with three fake-driver agents over mutual TLS, as in tests/functional."""
+with three fake-driver agents over mutual TLS, as in tests/functional. Their storage is local
+(the agents' default): the instances of INSTANCES boot without an image (RAM only); `disks`
+adds instances with a disk on host2, which a move copies."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,9 @@ from tests.ui.browser import OPERATOR, READER, Dashboard, chromium, dashboard_ta
 
 HOSTS = ("host1", "host2", "host3")
 INSTANCES = ("web1", "web2", "web3")
+# On host2: `disky` boots from a 1 GiB disk on local storage (256 MiB allocated in the fake, what
+# its move copies), `plain` has no disk (it moves its RAM only).
+DISKY, PLAIN = "disky", "plain"
 
 
 @dataclass
@@ -60,6 +66,26 @@ def cluster(tmp_path: Path) -> Iterator[UiCluster]:
         yield ui
     finally:
         tls.stop_all()
+
+
+@pytest.fixture
+def disks(cluster: UiCluster) -> tuple[str, str]:
+    """An image, and on host2 an instance booted from a local disk of it and one without."""
+    image = os.urandom(4096) + bytes(1 << 20)
+    cluster.api("POST", "/v1/images", params={"name": "img", "format": "raw"}, content=image)
+    flavor = {"name": "d1", "vcpus": 1, "ram_mb": 128, "disk_gb": 1}
+    cluster.api("POST", "/v1/flavors", json=flavor)
+    for name, extra in ((DISKY, {"image": "img"}), (PLAIN, {})):
+        body = {"name": name, "flavor": "d1", "network": "default", "host": "host2"}
+        cluster.api("POST", "/v1/instances", json=body | extra)
+    wait_until(
+        lambda: all(
+            cluster.api("GET", f"/v1/instances/{n}")["state"] == "running" for n in (DISKY, PLAIN)
+        ),
+        timeout=60,
+        what="disky and plain running",
+    )
+    return DISKY, PLAIN
 
 
 @pytest.fixture

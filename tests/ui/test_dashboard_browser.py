@@ -313,3 +313,59 @@ def test_forced_partial_drain_shows_why_and_a_retry_finishes_it(dashboard: Dashb
     expect(row.locator("td").nth(1)).to_have_text("host2")
     expect(row.locator("td").nth(3)).to_have_text("2")
     dashboard.shot("retried")
+
+
+def _disk_bar_mid_way(board: Dashboard, instance: str) -> None:
+    """The instance's disk bar shows bytes copied, short of the total, with the copy's pace."""
+    board.page.wait_for_function(
+        """(instance) => {
+             const bar = document.querySelector(`[data-testid="disk-${instance}"]`);
+             if (!bar) return false;
+             const now = Number(bar.getAttribute('aria-valuenow'));
+             const max = Number(bar.getAttribute('aria-valuemax'));
+             return max > 0 && now > 0 && now < max && bar.dataset.ready === 'false';
+           }""",
+        arg=instance,
+        timeout=DRAIN_TIMEOUT_MS,
+    )
+
+
+def test_a_local_disk_copy_shows_beside_the_ram_and_in_the_summary(
+    dashboard: Dashboard, disks: tuple[str, str]
+) -> None:
+    disky, plain = disks
+    page = dashboard.page
+    dashboard.sign_in("operator")
+    dashboard.open_host("host2")
+    # One move at a time, slow enough (256 MiB of disk at 32 MiB/s) to be seen on the way.
+    policy = {"max_outbound": 1, "migration": {"max_bandwidth_mib": 32}}
+    body = {"reason": "disk firmware", "policy": policy}
+    dashboard.site.api("POST", "/v1/hosts/host2/maintenance/enter", json=body)
+
+    _disk_bar_mid_way(dashboard, disky)
+    disk_bar = page.get_by_test_id(f"disk-{disky}")
+    expect(disk_bar).to_have_attribute("aria-label", re.compile(r"^disk \d+ MiB / 256 MiB, "))
+    expect(page.get_by_test_id(f"progress-{disky}")).to_be_visible()  # the RAM's, beside it
+    expect(page.get_by_test_id("drain-disk")).to_contain_text(re.compile(r"disk \d+ MiB / 256 MiB"))
+    dashboard.shot("disk-mid-way")
+    expect(page.get_by_test_id(f"disk-{disky}")).to_have_attribute(
+        "aria-label", re.compile(r", in sync$"), timeout=DRAIN_TIMEOUT_MS
+    )
+    expect(page.get_by_test_id(f"disk-{plain}")).to_have_count(0)  # RAM only: no disk bar
+
+    expect(page.get_by_test_id("maintenance-badge")).to_have_text(
+        "in maintenance", timeout=DRAIN_TIMEOUT_MS
+    )
+    summary = page.get_by_test_id("drain-summary")
+    expect(summary.locator("th").nth(7)).to_have_text("Disk")
+    expect(summary.locator(f'tr[data-instance="{disky}"] td').nth(7)).to_have_text(
+        "256 MiB / 256 MiB"
+    )
+    expect(summary.locator(f'tr[data-instance="{plain}"] td').nth(7)).to_have_text("-")
+    expect(page.get_by_test_id("drain-ram")).to_have_text("RAM 256 MiB / 256 MiB sent")
+    expect(page.get_by_test_id("drain-disk")).to_have_text("disk 256 MiB / 256 MiB copied")
+    moves = page.get_by_test_id("migrations")
+    expect(moves.locator(f'tr[data-instance="{disky}"]')).to_contain_text(
+        "256 MiB / 256 MiB, in sync"
+    )
+    dashboard.shot("disk-summary")

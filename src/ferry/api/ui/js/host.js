@@ -99,6 +99,12 @@ function instancesTable(instances) {
   );
 }
 
+// A local disk copied with its instance: copied of total, "in sync" once the RAM may move.
+function diskCell(m) {
+  if (!m.disk) return "-";
+  return `${mib(m.disk.copied_bytes)} / ${mib(m.disk.total_bytes)}` + (m.disk.ready ? ", in sync" : "");
+}
+
 function migrationsTable(migrations) {
   return table(
     [
@@ -108,6 +114,7 @@ function migrationsTable(migrations) {
       { title: "State", cell: (m) => badge(m.state) },
       { title: "Try", cell: (m) => String(m.attempt), class: "num" },
       { title: "Sent", cell: (m) => (m.bytes_total ? `${mib(m.bytes_sent || 0)} / ${mib(m.bytes_total)}` : "-"), class: "num" },
+      { title: "Disk", cell: diskCell, class: "num" },
       { title: "Downtime", cell: (m) => (m.downtime_ms === null ? "-" : `${m.downtime_ms} ms`), class: "num" },
       { title: "Started", cell: (m) => formatTime(m.started_at || m.created_at) },
       { title: "Time", cell: (m) => seconds(m.started_at, m.finished_at), class: "num" },
@@ -115,7 +122,7 @@ function migrationsTable(migrations) {
       { title: "Error", cell: (m) => m.error || "", class: "reason" },
     ],
     migrations,
-    { testid: "migrations", empty: "no migration from or to this host" },
+    { testid: "migrations", empty: "no migration from or to this host", rowAttrs: (m) => ({ "data-instance": m.instance }) },
   );
 }
 
