@@ -38,7 +38,9 @@ A local disk moves as the QEMU driver moves it: the destination makes an empty c
 `attach`), the source mirrors its disk first and the RAM then follows (fake_source.py, with the
 mirror's model in fake_mirror.py); the faults above apply to a mirror as to a stream (a crash
 ends it, a lost peer fails it, a cut link stalls it). Finishing the source removes its local disk
-(the destination runs on its copy); aborting a target removes its partial copy.
+(the destination runs on its copy); aborting a target removes its partial copy. What the
+guest wrote (its disk's `data`, from its first start) reaches the destination's copy when the
+copy completes, through a directory the hosts share (`FERRY_FAKE_WIRE`, see fake_mirror.py).
 
 Events: like QEMU's, streams and mirrors announce themselves to the driver's event sink (see
 fake_source.py).
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,7 @@ from ferry.agent.drivers.base import (
     HostFacts,
     MigrationParams,
 )
+from ferry.agent.drivers.fake_mirror import WIRE_ENV, mark_written, take_copy
 from ferry.agent.drivers.fake_source import DEAD, FakeSource, check_id
 from ferry.agent.images import ImageFetcher
 from ferry.agent.storage import DiskStore, attach, check_incoming
@@ -92,9 +96,11 @@ class FakeDriver(FakeSource):
         *,
         disks: DiskStore | None = None,
         images: ImageFetcher | None = None,
+        wire: Path | None = None,
     ) -> None:
         self._facts = facts
         self.disks_store = disks
+        self._wire = wire or (Path(os.environ[WIRE_ENV]) if os.environ.get(WIRE_ENV) else None)
         self.images = images
         self._state_file = state_file
         self._boot_seconds = boot_seconds
@@ -136,7 +142,9 @@ class FakeDriver(FakeSource):
         existing = self._guests.get(spec.id)
         if existing is not None and existing.power not in DEAD:
             return existing
-        await attach(self.disks_store, self.images, spec, incoming=incoming)
+        attached = await attach(self.disks_store, self.images, spec, incoming=incoming)
+        if attached is not None and not incoming:
+            mark_written(attached[0])  # the guest's own data, from its first start on
         used = sum(s.ram_mb for i, s in self._specs.items() if i != spec.id)
         if used + spec.ram_mb > self._facts.ram_mb:
             raise DriverError(
@@ -220,6 +228,8 @@ class FakeDriver(FakeSource):
         if guest.power in DEAD:
             raise DriverError(f"the incoming QEMU of {instance_id} exited: migration failed")
         self._targets.discard(instance_id)
+        if self.disks_store is not None and not self.disks_store.shared:
+            take_copy(self._wire, instance_id, self.disks_store.path(instance_id))
         self._set_power(instance_id, GuestPower.RUNNING, "")
         return guest
 

@@ -15,9 +15,12 @@ repeatable: a pure function of the model and the elapsed time.
 
 from __future__ import annotations
 
+import json
 import math
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ferry.agent.drivers.base import DiskSpec, MigrationProgress
@@ -121,3 +124,64 @@ def with_disk(progress: MigrationProgress, disk: MirrorReading) -> MigrationProg
 def mirroring(disk: MirrorReading) -> MigrationProgress:
     """A reading while only the disk moves (the RAM stream has not started)."""
     return with_disk(MigrationProgress(status="mirroring"), disk)
+
+
+# -- the copy's content -------------------------------------------------------------------------
+#
+# A fake disk is a small JSON file (fake_disks.py); its `data` stands for what the guest wrote
+# (set at the guest's first start, kept by every later start). A mirror's bytes are simulated,
+# but what a completed copy holds is not: at the hand-over (QEMU: `block-job-cancel` of the
+# ready job at pre-switchover) the source puts its disk's content on the wire, a directory its
+# fake hosts share (`FERRY_FAKE_WIRE`), and the destination takes it into its copy when it
+# becomes the guest's host (finish-destination). A copy that never completed keeps the empty
+# overlay it was made as, so a check of the disk's content tells the two apart. Without a wire
+# (hosts simulated at scale) no content moves.
+
+WIRE_ENV = "FERRY_FAKE_WIRE"
+CONTENT = ("image", "size", "data")  # what a disk holds, wherever it is (not its `base` path)
+
+
+def read_disk(path: Path) -> dict[str, Any]:
+    """A fake disk's record; {} when there is none or it cannot be read."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _write_json(path: Path, record: Mapping[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.new")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
+
+
+def mark_written(path: Path) -> None:
+    """The guest's first start on its disk: it writes data of its own (kept by later starts)."""
+    record = read_disk(path)
+    if record and "data" not in record:
+        _write_json(path, {**record, "data": secrets.token_hex(16)})
+
+
+def clear_wire(wire: Path | None, instance_id: str) -> None:
+    """A new copy starts: nothing an earlier attempt sent may be taken for it."""
+    if wire is not None:
+        (wire / f"{instance_id}.json").unlink(missing_ok=True)
+
+
+def send_copy(wire: Path | None, instance_id: str, disk: Path) -> None:
+    """The copy completed: the source's content goes to the destination."""
+    record = read_disk(disk)
+    if wire is not None and record:
+        wire.mkdir(parents=True, exist_ok=True)
+        _write_json(wire / f"{instance_id}.json", {k: record.get(k) for k in CONTENT})
+
+
+def take_copy(wire: Path | None, instance_id: str, disk: Path) -> bool:
+    """The destination's copy gets what the source sent, if it sent anything."""
+    sent = wire / f"{instance_id}.json" if wire is not None else None
+    if sent is None or not sent.is_file() or not disk.is_file():
+        return False
+    _write_json(disk, {**read_disk(disk), **read_disk(sent)})
+    sent.unlink(missing_ok=True)
+    return True

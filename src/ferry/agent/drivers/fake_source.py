@@ -22,6 +22,7 @@ import asyncio
 import re
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from ferry.agent.drivers.base import (
@@ -36,7 +37,15 @@ from ferry.agent.drivers.base import (
     MigrationProgress,
 )
 from ferry.agent.drivers.fake_migration import MIB, SimulatedMigration
-from ferry.agent.drivers.fake_mirror import SimulatedMirror, mirror_of, mirroring, with_disk
+from ferry.agent.drivers.fake_mirror import (
+    SimulatedMirror,
+    clear_wire,
+    mirror_of,
+    mirroring,
+    send_copy,
+    with_disk,
+)
+from ferry.agent.storage import DiskStore
 
 # A guest whose process is gone (a CRASHED guest's QEMU still runs: it panicked, as QEMU's
 # guest-panicked runstate says, and is treated as a guest here, like the QEMU driver does).
@@ -67,6 +76,8 @@ class FakeSource(Driver):
     _doomed: set[str]  # the next stream fails at once: its peer is gone
     _link_down_since: float | None
     _alarms: dict[str, asyncio.TimerHandle]  # instance id -> its next migration event
+    disks_store: DiskStore | None
+    _wire: Path | None  # where completed disk copies cross to their destination (fake_mirror.py)
 
     def _init_streams(self) -> None:
         self._outgoing, self._mirrors, self._ended = {}, {}, {}
@@ -130,6 +141,7 @@ class FakeSource(Driver):
         if self._refused(instance_id, f"{MIRROR_FAILED}: Failed to connect to {address}"):
             return False
         model = mirror_of(spec.disk, spec.disk_write_kibps, params.max_bandwidth_bytes)
+        clear_wire(self._wire, instance_id)
         self._mirrors[instance_id] = (model, time.time())
         self._ended.pop(instance_id, None)
         self._save()
@@ -214,9 +226,16 @@ class FakeSource(Driver):
         if reading.finished:
             self._ended[instance_id] = reading
             del self._outgoing[instance_id]
-            self._mirrors.pop(instance_id, None)
+            if self._mirrors.pop(instance_id, None) is not None and reading.status == "completed":
+                self._send_copy(instance_id)
             self._set_power(instance_id, GuestPower.PAUSED, "migrated away")
         return reading
+
+    def _send_copy(self, instance_id: str) -> None:
+        """The mirror completed with the stream (QEMU: at its switchover): the destination's copy
+        now holds what the source's disk does (fake_mirror.py: the copy's content)."""
+        if self.disks_store is not None:
+            send_copy(self._wire, instance_id, self.disks_store.path(instance_id))
 
     # -- changing -------------------------------------------------------------------------------
 
