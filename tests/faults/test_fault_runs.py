@@ -1,6 +1,7 @@
 """A short fault run through the CLI, as `make test` runs it: six seeded runs, one per fault
-kind and every phase of a drain among them, each on a fresh fake cluster of real processes,
-none of which may break an invariant. `ferry faults run --runs 100` is the long version."""
+kind and every phase of a drain among them (the mirror of a local disk included), on shared and
+on local storage, each on a fresh fake cluster of real processes, none of which may break an
+invariant. `ferry faults run --runs 100` is the long version."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from ferry.faults.cluster import FERRY
-from ferry.faults.scenarios import FaultKind, Phase, scenarios
+from ferry.faults.scenarios import FaultKind, Phase, Storage, scenarios
 
-SHORT_SEED, SHORT_RUNS = 6, 6  # seeds 6-11: every kind once, every phase, short outages
+# seeds 4-9: every kind once, every phase (the mirror: source-agent-kill), both storages
+SHORT_SEED, SHORT_RUNS = 4, 6
 
 
 def _summary(reports: list[dict[str, Any]]) -> str:
     lines = []
     for r in reports:
-        lines.append(f"seed {r['seed']}: {r['kind']} at {r['phase']}: {r['outcome']}")
+        lines.append(
+            f"seed {r['seed']}: {r['kind']} at {r['phase']} ({r['storage']}): {r['outcome']}"
+        )
         lines += [f"  when: {r['when']}", f"  fault: {r['fault']}"]
         lines += [f"  ! {v}" for v in r["violations"]]
         if r["directory"]:
@@ -30,6 +34,7 @@ def test_the_short_run_covers_every_kind_and_phase() -> None:
     chosen = scenarios(SHORT_SEED, SHORT_RUNS)
     assert {s.kind for s in chosen} == set(FaultKind)
     assert {s.phase for s in chosen} == set(Phase)
+    assert {s.storage for s in chosen} == set(Storage)
 
 
 def test_a_short_fault_run_breaks_no_invariant(tmp_path: Path) -> None:
@@ -61,3 +66,15 @@ def test_unknown_fault_kinds_are_refused_with_the_known_ones() -> None:
     )
     assert done.returncode == 1
     assert "unknown fault kind(s) meteor; known: controller-kill," in done.stderr
+
+
+def test_unknown_phases_are_refused_with_the_known_ones() -> None:
+    done = subprocess.run(
+        [FERRY, "faults", "run", "--phases", "mirror,landing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "unknown phase(s) landing; known: fan-out, prepare, transfer," in done.stderr

@@ -9,6 +9,7 @@ import pytest
 
 from ferry.faults.invariants import (
     Claim,
+    DiskReading,
     DrainRecord,
     GuestCopy,
     HostDisks,
@@ -316,3 +317,66 @@ def test_a_disk_left_behind() -> None:
         (Kind.DISK_LEAK, "host1 keeps the disk of old, which is gone"),
         (Kind.DISK_LEAK, "host1 keeps a copy of the disk of vm1, which lives on host2"),
     ]
+
+
+def test_a_destinations_partial_copy_after_an_abort_is_a_leak() -> None:
+    """vm1's second move, to host3, was aborted mid-copy: host3's storage still lists the copy
+    it was making (its abort did not remove it) while vm1 stays on host2."""
+    snapshot = with_disks("local")
+    assert snapshot.disks is not None
+    snapshot.migrations.append(
+        MigrationRecord("m4", "id-1", "vm1", "host2", "host3", "failed", error="cut")
+    )
+    snapshot.disks["host3"] = HostDisks("local", "", frozenset({"id-1", "id-2"}))
+    found = only(snapshot)
+    assert (found.kind, found.message) == (
+        Kind.DISK_LEAK,
+        "host3 keeps a copy of the disk of vm1, which lives on host2",
+    )
+
+
+def intact(snapshot: Snapshot) -> Snapshot:
+    """Every disk read on its host holds what it held before the drain."""
+    snapshot.disk_before = {"id-1": "a" * 64, "id-2": "b" * 64}
+    snapshot.disk_readings = {"id-1": DiskReading("a" * 64), "id-2": DiskReading("b" * 64)}
+    return snapshot
+
+
+@pytest.mark.parametrize("kind", ["shared", "local"])
+def test_disks_that_hold_what_they_held_pass(kind: str) -> None:
+    assert check(intact(with_disks(kind))) == []
+
+
+def test_a_copy_that_does_not_hold_what_the_source_held_is_corrupt() -> None:
+    """vm1's copy on host2 is not its disk as it was before the drain (a copy cut short, made
+    afresh, or of another disk): its content differs."""
+    snapshot = intact(with_disks("local"))
+    snapshot.disk_readings["id-1"] = DiskReading("c" * 64)
+    found = only(snapshot)
+    assert (found.kind, found.subject, found.message) == (
+        Kind.DISK_CORRUPT,
+        "vm1",
+        "the disk of vm1 on host2 does not hold what it held before the drain (content "
+        "cccccccccccc, before aaaaaaaaaaaa)",
+    )
+
+
+def test_a_disk_that_fails_its_check_is_corrupt() -> None:
+    snapshot = intact(with_disks("local"))
+    snapshot.disk_readings["id-2"] = DiskReading(None, "qemu-img check exits 2: 1 errors")
+    found = only(snapshot)
+    assert (found.kind, found.message) == (
+        Kind.DISK_CORRUPT,
+        "the disk of vm2 on host3 fails its check: qemu-img check exits 2: 1 errors",
+    )
+
+
+def test_a_disk_whose_content_is_not_compared_needs_only_pass_its_check() -> None:
+    """Real guests write all along: their readings have no digest, and nothing was recorded
+    before the drain; a disk not read (none there: `disk-lost` says so) is not judged."""
+    snapshot = with_disks("local")
+    snapshot.disk_readings = {"id-1": DiskReading()}
+    assert check(snapshot) == []
+    snapshot.disk_before = {"id-1": "a" * 64}  # read before, unreadable now
+    snapshot.disk_readings = {"id-1": DiskReading(None)}
+    assert kinds(check(snapshot)) == [Kind.DISK_CORRUPT]

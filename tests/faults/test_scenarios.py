@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.faults.lab import MAX_INSTANCES, adapt
-from ferry.faults.scenarios import ALL_KINDS, FaultKind, Phase, scenario, scenarios
+from ferry.faults.lab import BANDWIDTH_MIB, MAX_INSTANCES, MIRROR_BANDWIDTH_MIB, adapt
+from ferry.faults.scenarios import ALL_KINDS, FaultKind, Phase, Storage, scenario, scenarios
 
 
 def test_a_seed_always_gives_the_same_scenario() -> None:
@@ -41,6 +41,7 @@ def test_the_parameters_stay_in_their_ranges() -> None:
         assert 3 <= s.instances <= 5 and s.drains in (1, 2) and s.hosts == s.drains + 2
         assert s.max_outbound in (1, 2) and s.bandwidth_mib in (64, 128, 256)
         assert 0.3 <= s.down_s <= 5.0 and s.pick in (0, 1) and 0 <= s.delay_s <= 0.3
+        assert s.storage in (Storage.SHARED, Storage.LOCAL) and s.local is (s.storage == "local")
         assert s.to_json()["kind"] == s.kind and s.describe() == f"{s.kind} at {s.phase}"
 
 
@@ -55,4 +56,45 @@ def test_lab_runs_at_the_prepare_phase_keep_a_destination_waiting_prepared() -> 
             assert run.max_outbound < run.instances, run
         else:
             assert run.max_outbound == asked.max_outbound
-    assert adapt(scenario(4)).max_outbound == 1
+        mirror = run.phase is Phase.MIRROR
+        assert run.bandwidth_mib == (MIRROR_BANDWIDTH_MIB if mirror else BANDWIDTH_MIB)
+        assert run.storage is asked.storage
+    assert scenario(4).phase is Phase.PREPARE and adapt(scenario(4)).max_outbound == 1
+
+
+def test_the_mirror_phase_is_on_local_storage_and_every_phase_is_on_both() -> None:
+    """Disks move at every phase of every kind, not only at the mirror: each kind meets each
+    phase on local storage, and each phase but the mirror on shared storage too."""
+    runs = scenarios(0, 1200)
+    assert all(s.storage is Storage.LOCAL for s in runs if s.phase is Phase.MIRROR)
+    local = {(s.kind, s.phase) for s in runs if s.local}
+    shared = {(s.kind, s.phase) for s in runs if not s.local}
+    every = {(k, p) for k in FaultKind for p in Phase}
+    no_dest = {(FaultKind.DEST_GUEST_KILL, Phase.FANOUT)}
+    assert local == every - no_dest
+    assert shared == every - no_dest - {(k, Phase.MIRROR) for k in FaultKind}
+
+
+def test_the_mirror_phase_leaves_the_other_draws_as_they_were() -> None:
+    """A seed keeps its scenario but for the phase (turned into the mirror on some seeds) and
+    the storage: the pinned seeds of the lab runs are the scenarios they were."""
+    assert [(s.kind, s.phase) for s in scenarios(3, 4)] == [
+        (FaultKind.SOURCE_GUEST_KILL, Phase.MIRROR),  # the prepare phase before the mirror
+        (FaultKind.DEST_GUEST_KILL, Phase.PREPARE),
+        (FaultKind.LINK_CUT, Phase.TRANSFER),
+        (FaultKind.CONTROLLER_KILL, Phase.FANOUT),
+    ]
+    four = scenario(4)
+    assert (four.instances, four.max_outbound, four.bandwidth_mib, four.down_s) == (4, 2, 128, 1.03)
+
+
+def test_a_choice_of_phases_is_respected_and_replayable() -> None:
+    chosen = scenarios(100, 12, phases=(Phase.MIRROR,))
+    assert {s.phase for s in chosen} == {Phase.MIRROR}
+    assert {s.kind for s in chosen} == set(FaultKind)  # the kinds still rotate
+    assert all(s.local for s in chosen)
+    assert scenario(105, phases=(Phase.MIRROR,)) == chosen[5]
+    kept = scenario(3, phases=(Phase.MIRROR, Phase.PREPARE))
+    assert kept == scenario(3)  # drawn among them already: unchanged
+    with pytest.raises(ValueError, match="dest-guest-kill cannot be injected at fan-out"):
+        scenario(4, (FaultKind.DEST_GUEST_KILL,), (Phase.FANOUT,))

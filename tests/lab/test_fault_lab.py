@@ -1,8 +1,10 @@
 """Fault runs on real hosts (`ferry faults run --lab`): a source's and a destination's QEMU
-SIGKILLed while a drain prepares them, the drained host's link cut mid-stream, the controller
-SIGKILLed while the drain fans out; each run on a fresh 3-host lab of QEMU guests. After each
-run every invariant of the fake runs holds, each running instance answers ping on its IP, and
-no QEMU process or tap is left that its host's agent does not list. The lab is gone after.
+SIGKILLed while a drain prepares them, the drained host's link cut while a local disk is being
+copied to its destination (the mirror phase, on a lab whose hosts keep disks on their own
+storage), the controller SIGKILLed at the switchover; each run on a fresh 3-host lab of QEMU
+guests. After each run every invariant of the fake runs holds (each disk intact, `qemu-img
+check`, and in exactly one place), each running instance answers ping on its IP, and no QEMU
+process or tap is left that its host's agent does not list. The lab is gone after.
 
 `make faults` runs every kind at every phase, on fake hosts and on the lab.
 Needs root and qemu-system-x86_64.
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from ferry.faults.lab import LAB_PREFIX
-from ferry.faults.scenarios import FaultKind, scenarios
+from ferry.faults.scenarios import FaultKind, Phase, Storage, scenarios
 from tests.cli.live import FERRY
 from tests.lab.support import namespaces, qemu_pids
 
@@ -28,16 +30,18 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU installed"),
 ]
 
-SEED, RUNS = 3, 4  # source-guest-kill, dest-guest-kill at prepare; link-cut; controller-kill
+# source-guest-kill, dest-guest-kill at prepare; link-cut at mirror (local disks);
+# controller-kill at switchover
+SEED, RUNS = 21, 4
 
 
 def test_the_lab_runs_cover_guest_kills_a_link_cut_and_a_controller_kill() -> None:
-    kinds = [s.kind for s in scenarios(SEED, RUNS)]
-    assert kinds == [
-        FaultKind.SOURCE_GUEST_KILL,
-        FaultKind.DEST_GUEST_KILL,
-        FaultKind.LINK_CUT,
-        FaultKind.CONTROLLER_KILL,
+    chosen = [(s.kind, s.phase, s.storage) for s in scenarios(SEED, RUNS)]
+    assert chosen == [
+        (FaultKind.SOURCE_GUEST_KILL, Phase.PREPARE, Storage.SHARED),
+        (FaultKind.DEST_GUEST_KILL, Phase.PREPARE, Storage.SHARED),
+        (FaultKind.LINK_CUT, Phase.MIRROR, Storage.LOCAL),
+        (FaultKind.CONTROLLER_KILL, Phase.SWITCHOVER, Storage.SHARED),
     ]
 
 

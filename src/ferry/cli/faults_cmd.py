@@ -25,6 +25,7 @@ COLUMNS = [
     ("SEED", lambda r: r["seed"]),
     ("FAULT", lambda r: r["kind"]),
     ("PHASE", lambda r: r["phase"]),
+    ("DISKS", lambda r: r.get("storage", "shared")),
     ("OUTCOME", lambda r: _outcome(r["outcome"])),
     ("DRAINS", lambda r: ", ".join(f"{h}: {s}" for h, s in sorted(r["drains"].items())) or "-"),
     ("INSTANCES", lambda r: ", ".join(f"{n} {s}" for s, n in sorted(r["instances"].items()))),
@@ -51,6 +52,19 @@ def _kinds(values: list[str] | None) -> tuple[Any, ...]:
     return tuple(dict.fromkeys(known[n] for n in names))
 
 
+def _phases(values: list[str] | None) -> tuple[Any, ...] | None:
+    from ferry.faults.scenarios import Phase  # noqa: PLC0415
+
+    if not values:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    known = {p.value: p for p in Phase}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise CliError(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return tuple(dict.fromkeys(known[n] for n in names))
+
+
 def _cancel_on_sigterm(task: asyncio.Task[Any]) -> None:
     """Cancel `task` on SIGTERM to this process. Not through the event loop's signal handling:
     that routes signals through a socket that forked children share (the lab's network set-up
@@ -71,6 +85,13 @@ def run(
     kinds: Annotated[
         list[str] | None,
         typer.Option(help="fault kinds, comma-separated or repeated (default: all)"),
+    ] = None,
+    phases: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="phases to inject at, comma-separated or repeated (default: all): fan-out, "
+            "prepare, mirror (a local disk being copied), transfer, switchover"
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -102,13 +123,17 @@ def run(
     each instance's IP must also answer and no QEMU process or tap may leak), then check the
     invariants: every instance runs
     on exactly one host and that host is its record, claims match, no stale copy, every drain
-    ended with its host's state agreeing, no migration left in flight. Exits 1 when any run
-    violated an invariant or could not run. Replay one run with --runs 1 --seed SEED (and the
-    same --kinds)."""
+    ended with its host's state agreeing, no migration left in flight, every disk intact and
+    in exactly one place. Each scenario keeps disks on shared or local storage (the mirror
+    phase: always local). Exits 1 when any run violated an invariant or could not run. Replay
+    one run with --runs 1 --seed SEED (and the same --kinds and --phases)."""
     from ferry.faults.runner import FAKE, SETTLE_S, run_all  # noqa: PLC0415
     from ferry.faults.scenarios import scenarios  # noqa: PLC0415
 
-    chosen = scenarios(seed, runs, _kinds(kinds))
+    try:
+        chosen = scenarios(seed, runs, _kinds(kinds), _phases(phases))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     backend = FAKE
     if lab is not None:
         from ferry.faults import lab as real  # noqa: PLC0415

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from ferry.agent.drivers.fake_mirror import WIRE_ENV
+from ferry.agent.storage import DISK_FILE
 from ferry.pki.ca import IssuedCert, init_ca, issue
 from ferry.pki.tls import ssl_context_client
 
@@ -249,11 +251,14 @@ IMAGE_BYTES = 8 << 10
 class FakeCluster:
     """A controller and `hosts` fake-driver agents named host1..hostN under `root`.
 
-    Every host has shared storage in one pool (`POOL`, the directory `root/pool`), with an
-    image cache of its own (`root/<host>/images`), and the catalog holds a small raw image
-    (`IMAGE`, uploaded once at start): instances created with it have a disk (a small file of
-    the fake driver) that every migration keeps, and each agent fetches and checks the image
-    into its cache through the real path before it starts one."""
+    With `storage` "shared" every host has shared storage in one pool (`POOL`, the directory
+    `root/pool`); with "local" each host has its own (`root/<host>/disks`), so that every move
+    copies the disk (the fake mirror), and a completed copy takes the source's content through
+    `root/wire` (the fake driver's `FERRY_FAKE_WIRE`). Each host has an image cache of its own
+    (`root/<host>/images`), and the catalog holds a small raw image (`IMAGE`, uploaded once at
+    start): instances created with it have a disk (a small file of the fake driver), and each
+    agent fetches and checks the image into its cache through the real path before it starts
+    one."""
 
     def __init__(
         self,
@@ -262,8 +267,10 @@ class FakeCluster:
         heartbeat_s: float = 1.0,
         reconcile_s: float = 0.2,
         inventory: tuple[int, int, int] = (4, 4096, 50),
+        storage: str = "shared",
     ) -> None:
         self.root = root
+        self.storage = storage
         self.names = [f"host{i}" for i in range(1, hosts + 1)]
         self.heartbeat_s = heartbeat_s
         self.reconcile_s = reconcile_s
@@ -292,6 +299,13 @@ class FakeCluster:
     def pool_dir(self) -> Path:
         """The shared pool's directory: every host's instance disks."""
         return self.root / "pool"
+
+    def disk_dir(self, host: str) -> Path:
+        """Where `host` keeps instance disks: the shared pool, or its own directory."""
+        return self.pool_dir if self.storage == "shared" else self.root / host / "disks"
+
+    def disk_path(self, host: str, instance_id: str) -> Path:
+        return self.disk_dir(host) / instance_id / DISK_FILE
 
     @property
     def admin_token(self) -> str:
@@ -361,17 +375,16 @@ class FakeCluster:
             self.controller_cert.cert,
         )
         config = self.root / f"{name}.toml"
-        storage = {
-            "kind": "shared",
-            "pool": POOL,
-            "path": str(self.pool_dir),
-            "image_cache": str(self.root / name / "images"),
-        }
+        storage = {"kind": self.storage, "path": str(self.disk_dir(name))}
+        if self.storage == "shared":
+            storage["pool"] = POOL
+        storage["image_cache"] = str(self.root / name / "images")
         config.write_text(agent_toml(files, inventory=self.inventory, storage=storage))
         self.agent_urls[name] = f"https://{LOOPBACK}:{port}"
         self.agents[name] = Process(
             [FERRY, "agent", "serve", "--config", str(config), "--log-level", "warning"],
             self.root / f"{name}.log",
+            {WIRE_ENV: str(self.root / "wire")},
         )
 
     async def start_controller(self) -> None:

@@ -4,8 +4,10 @@ agent API (with the controller's certificate, as the controller asks during reco
 the claims themselves from the controller's SQLite database when it is at hand (read-only; the
 API shows only each host's totals).
 
-Real hosts plug in `Probes`: whether each running instance's IP answers, and what QEMU
-processes or taps a host holds that belong to none of its instances.
+Backends plug in `Probes`: whether each running instance's IP answers, what QEMU processes or
+taps a host holds that belong to none of its instances (real hosts), and how an instance's disk
+reads on a host (fake and real hosts: faults/disks.py), taken once before the drain
+(`disks_before`, the digests) and again in the snapshot.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 from ferry.agent_client import AgentClient, AgentUnavailable
 from ferry.faults.invariants import (
     Claim,
+    DiskReading,
     DrainRecord,
     GuestCopy,
     HostDisks,
@@ -31,6 +34,7 @@ from ferry.faults.invariants import (
 
 IpAnswers = Callable[[InstanceRecord], Awaitable[bool]]
 Leaks = Callable[[str, list[GuestCopy]], Awaitable[list[str]]]
+ReadDisk = Callable[[str, str], Awaitable[DiskReading | None]]
 
 
 class ControllerApi(Protocol):
@@ -44,10 +48,13 @@ class Probes:
     `ip_answers(instance)`: does the instance answer on its IP (`instance.ips`) from where the
     check runs (a ping or a TCP connect)? `leaks(host, guests)`: the QEMU processes and taps on
     `host` that belong to none of `guests` (what its agent reports), described for people.
+    `disk(host, instance_id)`: the instance's disk on that host's storage, read (None: none
+    there).
     """
 
     ip_answers: IpAnswers | None = None
     leaks: Leaks | None = None
+    disk: ReadDisk | None = None
 
 
 async def take_snapshot(
@@ -120,6 +127,25 @@ async def _probe(snapshot: Snapshot, probes: Probes) -> None:
                 leaked = await probes.leaks(host, guests)
                 if leaked:
                     snapshot.leaks[host] = leaked
+    if probes.disk is not None:
+        snapshot.disk_readings = await read_disks(probes.disk, snapshot.live())
+
+
+async def read_disks(read: ReadDisk, instances: list[InstanceRecord]) -> dict[str, DiskReading]:
+    """Instance id -> its disk as read on its host, for the instances with a disk there."""
+    with_disk = [i for i in instances if i.image is not None and i.host is not None]
+    readings = await asyncio.gather(*(read(i.host or "", i.id) for i in with_disk))
+    return {i.id: r for i, r in zip(with_disk, readings, strict=True) if r is not None}
+
+
+async def disks_before(api: ControllerApi, probes: Probes | None) -> dict[str, str]:
+    """Instance id -> the digest of its disk as it is now (before the drain), where the
+    backend reads disks and their content can be compared."""
+    if probes is None or probes.disk is None:
+        return {}
+    instances = [instance_record(i) for i in await api.call("GET", "/v1/instances")]
+    readings = await read_disks(probes.disk, instances)
+    return {i: r.digest for i, r in readings.items() if r.digest is not None}
 
 
 def read_claims(database: Path) -> list[Claim]:

@@ -16,9 +16,14 @@ the snapshot; tests build inconsistent ones by hand.
 - agents: each host's agent answers (otherwise its reality cannot be checked);
 - survivors: an instance whose guest kept a live copy through the fault (every one but the
   one whose only copy a guest kill took) is still running;
-- disks: every live instance with a root disk has it on its host's storage; no disk is open
-  (by a running, paused or incoming copy) on two hosts at once; no disk is left of an instance
-  that is gone, nor on a host's local storage that the instance does not live on.
+- disks, intact and in exactly one place: every live instance with a root disk has it on its
+  host's storage; no disk is open (by a running, paused or incoming copy) on two hosts at once;
+  no disk is left of an instance that is gone, nor on a host's local storage that the instance
+  does not live on (a destination's partial copy after an abort, a source's disk after a move);
+  and the disk on its host is intact: it passes its check (`DiskReading.problem`: a fake disk's
+  record reads, a real one passes `qemu-img check`) and, where its content can be compared,
+  holds what it held before the drain (`DiskReading.digest` against `Snapshot.disk_before`:
+  a copy that never completed, was cut short or was made afresh is told by its content).
 
 Real hosts add two checks through optional probes (see `Probes` in collect.py): each running
 instance's IP answers, and no QEMU process or tap exists that belongs to no instance of the host.
@@ -59,6 +64,7 @@ class Kind(StrEnum):
     DISK_LOST = "disk-lost"
     DISK_TWICE = "disk-open-twice"
     DISK_LEAK = "disk-leak"
+    DISK_CORRUPT = "disk-corrupt"
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,16 @@ class HostDisks:
     instance_ids: frozenset[str]
 
 
+@dataclass(frozen=True)
+class DiskReading:
+    """An instance's disk on one host, read there: a digest of its content where a comparison
+    means something (None: its guest writes to it, as real guests do), and what its check
+    found wrong (None: it passes)."""
+
+    digest: str | None = None
+    problem: str | None = None
+
+
 @dataclass
 class Snapshot:
     instances: list[InstanceRecord]
@@ -149,6 +165,9 @@ class Snapshot:
     must_run: set[str] | None = None  # instances no fault took the only copy of
     leaks: dict[str, list[str]] = field(default_factory=dict)  # host -> leaked processes, taps
     disks: dict[str, HostDisks | None] | None = None  # host -> its storage; None: not collected
+    # instance id -> its disk on its host as read now, and the digests read before the drain
+    disk_readings: dict[str, DiskReading] = field(default_factory=dict)
+    disk_before: dict[str, str] = field(default_factory=dict)
 
     def live(self) -> list[InstanceRecord]:
         return [i for i in self.instances if i.state not in GONE]
@@ -167,6 +186,7 @@ def check(snapshot: Snapshot) -> list[Violation]:
         *_reality(snapshot),
         *(_disks(snapshot) if snapshot.disks is not None else ()),
         *(_disks_left(snapshot) if snapshot.disks is not None else ()),
+        *_disks_intact(snapshot),
     ]
 
 
@@ -216,6 +236,33 @@ def _disks_left(s: Snapshot) -> Iterator[Violation]:
                     owner.name,
                     f"{host} keeps a copy of the disk of {owner.name}, which lives on {owner.host}",
                 )
+
+
+def _disks_intact(s: Snapshot) -> Iterator[Violation]:
+    """Each live instance's disk, read on its host, passes its check and holds what it held
+    before the drain."""
+    for inst in s.live():
+        reading = s.disk_readings.get(inst.id)
+        if inst.image is None or reading is None:
+            continue
+        before = s.disk_before.get(inst.id)
+        if reading.problem is not None:
+            yield Violation(
+                Kind.DISK_CORRUPT,
+                inst.name,
+                f"the disk of {inst.name} on {inst.host} fails its check: {reading.problem}",
+            )
+        elif before is not None and reading.digest != before:
+            yield Violation(
+                Kind.DISK_CORRUPT,
+                inst.name,
+                f"the disk of {inst.name} on {inst.host} does not hold what it held before the "
+                f"drain (content {_short(reading.digest)}, before {_short(before)})",
+            )
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "unreadable"
 
 
 def _agents(s: Snapshot) -> Iterator[Violation]:

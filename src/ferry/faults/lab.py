@@ -5,15 +5,18 @@ runner, the phase watch and the invariants are the ones fake runs use. Root only
 - a cluster is `ferry lab up` into one lab directory (reused run after run, so the guest image
   is built once) and `ferry lab down` after the run, which removes every namespace, link, tap
   and process the lab made; the run's directory gets a copy of the logs first; the instances
-  boot from disks of the lab image (`lifecycle.LAB_IMAGE`) on the lab's shared storage;
+  boot from disks of the lab image (`lifecycle.LAB_IMAGE`) on the storage the scenario names:
+  the lab's shared storage, or each host's own (`lab up --storage local`: every move copies
+  the disk, NBD over TLS, before the RAM);
 - the controller and the agents are SIGKILLed by PID and started again with the same command
   line, state and certificates;
 - a guest's death is SIGKILL of its QEMU (its PID file in the agent's run directory): the other
   end learns of it as it would in life, through the migration stream;
 - a link cut is the drained host's management link (which carries its migration streams and its
   heartbeats) set down in the root namespace, and up again after the outage;
-- probes: each running instance answers ping on its IP from the root namespace, and no host
-  holds a QEMU process or a tap of an instance its agent does not list.
+- probes: each running instance answers ping on its IP from the root namespace, no host holds
+  a QEMU process or a tap of an instance its agent does not list, and each instance's disk on
+  its host passes `qemu-img check` (faults/disks.py).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from typing import Any
 import httpx
 
 from ferry.agent.net import TAP_PREFIX, tap_name
+from ferry.agent.storage import DISK_FILE
 from ferry.faults.cluster import Cluster, ClusterError, all_hosts_up
 from ferry.faults.collect import Probes
+from ferry.faults.disks import qemu_img_reading
 from ferry.faults.inject import (
     IN_PROGRESS,
     FaultMissed,
@@ -42,7 +47,7 @@ from ferry.faults.inject import (
     Target,
     target_host,
 )
-from ferry.faults.invariants import GuestCopy, InstanceRecord
+from ferry.faults.invariants import DiskReading, GuestCopy, InstanceRecord
 from ferry.faults.runner import Backend
 from ferry.faults.scenarios import FaultKind, Phase, Scenario
 from ferry.lab import lifecycle
@@ -54,6 +59,9 @@ from ferry.pki.tls import ssl_context_client
 LAB_PREFIX = "flf"
 LINK_MBIT = 1000
 BANDWIDTH_MIB = 8  # idle 128 MiB guests send ~30 MiB: a few seconds of stream to hit
+# A booted guest's overlay holds a few MiB: at the mirror phase the copy crawls so that it
+# lasts long enough to be hit (its RAM then follows at the same speed).
+MIRROR_BANDWIDTH_MIB = 1
 MAX_INSTANCES = 2  # per drained host: guests under TCG share the machine's cores
 SAFE_ETA_S = 1.0  # a destination killed this long before its stream ends cannot have the guest
 PING_WITHIN_S = 60.0  # a guest moved cold boots again before it answers
@@ -75,24 +83,34 @@ def adapt(scenario: Scenario) -> Scenario:
     streams = scenario.max_outbound
     if scenario.phase is Phase.PREPARE:
         streams = min(streams, instances - 1)
+    mirror = scenario.phase is Phase.MIRROR
     return dataclasses.replace(
         scenario,
         drains=1,
         instances=instances,
         max_outbound=streams,
-        bandwidth_mib=BANDWIDTH_MIB,
+        bandwidth_mib=MIRROR_BANDWIDTH_MIB if mirror else BANDWIDTH_MIB,
     )
 
 
 class LabCluster:
-    """A lab of `hosts` real hosts in `lab_dir`; `logs` (the run's directory) gets its logs."""
+    """A lab of `hosts` real hosts in `lab_dir` keeping instance disks on `storage` (shared or
+    local); `logs` (the run's directory) gets its logs."""
 
     heartbeat_s: float
 
-    def __init__(self, lab_dir: Path, logs: Path, hosts: int, prefix: str = LAB_PREFIX) -> None:
+    def __init__(
+        self,
+        lab_dir: Path,
+        logs: Path,
+        hosts: int,
+        prefix: str = LAB_PREFIX,
+        storage: str = "shared",
+    ) -> None:
         self.lab_dir = lab_dir.resolve()
         self.logs = logs
         self.prefix = prefix
+        self.storage = storage
         self.names = [f"host{i}" for i in range(1, hosts + 1)]
         self.heartbeat_s = float(lifecycle.heartbeat_interval(hosts))
         self.agent_urls: dict[str, str] = {}
@@ -107,14 +125,16 @@ class LabCluster:
         if await asyncio.to_thread(LabRecord.load, self.lab_dir) is not None:
             await lifecycle.down(self.lab_dir, self.prefix, _quiet)  # a run interrupted earlier
         await asyncio.to_thread(shutil.rmtree, self.lab_dir / SHARED_DISKS, True)
-        options = LabOptions(self.lab_dir, len(self.names), 0, LINK_MBIT, "qemu", self.prefix)
+        options = LabOptions(
+            self.lab_dir, len(self.names), 0, LINK_MBIT, "qemu", self.prefix, self.storage
+        )
         try:
             self.record = await lifecycle.up(options, _quiet)
         except LabError as exc:
             raise ClusterError(f"the lab did not come up: {exc}") from exc
         self.agent_urls = {h.name: f"https://{h.mgmt_ip}:{h.agent_port}" for h in self.record.hosts}
         # `lab up` registers its disk image: the runs' instances boot from disks of it on the
-        # lab's shared storage, as the lab's own instances do
+        # lab's storage, as the lab's own instances do
         images = {i["name"] for i in await self.call("GET", "/v1/images")}
         self.image = lifecycle.LAB_IMAGE if lifecycle.LAB_IMAGE in images else None
 
@@ -206,6 +226,12 @@ class LabCluster:
 
     def run_dir(self, host: str) -> Path:
         return self.lab_dir / "hosts" / host / "run"
+
+    def disk_path(self, host: str, instance_id: str) -> Path:
+        """Where `host` keeps the instance's disk (lab/cluster.py `storage_lines`)."""
+        if self.storage == "shared":
+            return self.lab_dir / SHARED_DISKS / instance_id / DISK_FILE
+        return self.lab_dir / "hosts" / host / "disks" / instance_id / DISK_FILE
 
     def qemu_pid(self, host: str, instance_id: str) -> int | None:
         """The live QEMU of the instance on `host`, from its PID file, if any."""
@@ -313,13 +339,18 @@ def probes(cluster: Cluster) -> Probes:
         ]
         return found
 
-    return Probes(ip_answers=ip_answers, leaks=leaks)
+    async def disk(host: str, instance_id: str) -> DiskReading | None:
+        return await qemu_img_reading(lab.disk_path(host, instance_id))
+
+    return Probes(ip_answers=ip_answers, leaks=leaks, disk=disk)
 
 
 def backend(lab_dir: Path) -> Backend:
     """Runs on a lab in `lab_dir`, brought up for each run and down after it."""
     return Backend(
-        cluster=lambda workdir, hosts: LabCluster(lab_dir, workdir, hosts),
+        cluster=lambda workdir, scenario: LabCluster(
+            lab_dir, workdir, scenario.hosts, storage=scenario.storage.value
+        ),
         injector=lambda cluster: LabInjector(_lab(cluster)),
         probes=probes,
         adapt=adapt,

@@ -25,9 +25,10 @@ import httpx
 
 from ferry.agent_client import AgentClient
 from ferry.faults.cluster import Cluster, ClusterError, FakeCluster
-from ferry.faults.collect import Probes, instance_record, take_snapshot
+from ferry.faults.collect import Probes, disks_before, instance_record, take_snapshot
+from ferry.faults.disks import fake_disk_reading
 from ferry.faults.inject import FakeInjector, FaultMissed, Injector
-from ferry.faults.invariants import ACTIVE_MIGRATION, Snapshot, check
+from ferry.faults.invariants import ACTIVE_MIGRATION, DiskReading, Snapshot, check
 from ferry.faults.scenarios import Phase, Scenario
 from ferry.faults.watch import PhaseWatch
 
@@ -38,15 +39,31 @@ NETWORK_CIDR = "10.240.0.0/16"  # a record only: fake guests configure nothing
 FLAVOR = "tiny"
 
 
+def fake_cluster(workdir: Path, scenario: Scenario) -> Cluster:
+    return FakeCluster(workdir, scenario.hosts, storage=scenario.storage.value)
+
+
+def fake_probes(cluster: Cluster) -> Probes:
+    """Fake hosts' disks are files of this machine: each is read where its host keeps it."""
+    if not isinstance(cluster, FakeCluster):
+        raise TypeError(f"fake probes were given a {type(cluster).__name__}")
+
+    async def disk(host: str, instance_id: str) -> DiskReading | None:
+        return await asyncio.to_thread(fake_disk_reading, cluster.disk_path(host, instance_id))
+
+    return Probes(disk=disk)
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where runs happen: a cluster for a directory and a number of hosts, an injector for it,
-    and the probes only real hosts can answer. Fake hosts by default; real hosts (the lab)
-    supply their own three, and the runs, the phases and the invariants stay the same."""
+    """Where runs happen: a cluster for a directory and a scenario (its hosts, its storage), an
+    injector for it, and the probes of what the hosts hold. Fake hosts by default; real hosts
+    (the lab) supply their own three, and the runs, the phases and the invariants stay the
+    same."""
 
-    cluster: Callable[[Path, int], Cluster] = FakeCluster
+    cluster: Callable[[Path, Scenario], Cluster] = fake_cluster
     injector: Callable[[Cluster], Injector] = FakeInjector
-    probes: Callable[[Cluster], Probes] | None = None
+    probes: Callable[[Cluster], Probes] | None = fake_probes
     # what the backend can afford of a scenario (real guests: fewer, slower streams)
     adapt: Callable[[Scenario], Scenario] = lambda scenario: scenario
     results: str = "faults.json"  # the report's name in the output directory
@@ -60,6 +77,7 @@ class RunReport:
     seed: int
     kind: str
     phase: str
+    storage: str = "shared"
     outcome: str = "error"
     when: str = ""
     fault: str = ""
@@ -85,10 +103,14 @@ async def run_scenario(
 ) -> RunReport:
     scenario = backend.adapt(scenario)
     report = RunReport(
-        scenario.seed, scenario.kind.value, scenario.phase.value, scenario=scenario.to_json()
+        scenario.seed,
+        scenario.kind.value,
+        scenario.phase.value,
+        storage=scenario.storage.value,
+        scenario=scenario.to_json(),
     )
     started = time.monotonic()
-    cluster = backend.cluster(workdir, scenario.hosts)
+    cluster = backend.cluster(workdir, scenario)
     try:
         await cluster.start()
         report.timings["start"] = _since(started)
@@ -117,6 +139,7 @@ async def _go(
     names = await _populate(cluster, scenario, sources)
     probes = backend.probes(cluster) if backend.probes else None
     await _answering(cluster, names, probes)  # drains move booted guests, as in life
+    before = await disks_before(cluster, probes)  # what each disk must still hold at the end
     report.timings["boot"] = _since(step)
     entered = time.monotonic()
     plans = [await _enter(cluster, scenario, host) for host in sources]
@@ -131,6 +154,7 @@ async def _go(
     report.timings["settle"] = _since(step)
     snapshot = await _snapshot(cluster, probes)
     snapshot.must_run = names  # no fault took their only copy: they must have survived
+    snapshot.disk_before = before
     report.violations += [str(v) for v in check(snapshot)]
     if not settled and not report.violations:
         report.violations.append(f"the cluster did not settle within {settle_s:g}s")
@@ -325,7 +349,8 @@ async def run_all(
 
 
 def line(report: RunReport) -> str:
-    text = f"seed {report.seed}: {report.kind} at {report.phase}: {report.outcome}"
+    text = f"seed {report.seed}: {report.kind} at {report.phase}, {report.storage} storage"
+    text += f": {report.outcome}"
     if report.when:
         text += f"\n  when: {report.when}"
     if report.fault:

@@ -1,6 +1,10 @@
 """Watching a drain until it reaches the phase a scenario asks for, and naming what the fault
 will hit there. A watch hands out one target after another: when a fault comes too late for
-one (the move went on meanwhile), the runner asks for the next migration reaching the phase."""
+one (the move went on meanwhile), the runner asks for the next migration reaching the phase.
+
+A migration of a local disk runs twice over: first its disk is copied (the mirror phase: the
+record's `disk` not ready, the source reports `mirroring`), then its RAM (the transfer phase,
+and the switchover after it)."""
 
 from __future__ import annotations
 
@@ -21,10 +25,17 @@ MATCHING: dict[Phase, frozenset[str]] = {
     Phase.PREPARE: frozenset({"preparing"}),
     Phase.TRANSFER: frozenset({"running"}),
     Phase.SWITCHOVER: frozenset({"running", "switching"}),
+    Phase.MIRROR: frozenset({"running"}),
 }
 HANDED_OVER = frozenset({"device", "completed"})
 LEAD_S = 0.15  # a stream due to complete sooner than this is waited for, to hit it just after
 PAST_S = 0.005  # how long after the predicted completion the fault comes
+
+
+def _mirroring(migration: dict[str, Any]) -> bool:
+    """Its local disk is being copied and not in sync yet (the RAM waits for it)."""
+    disk = migration.get("disk")
+    return disk is not None and not disk.get("ready")
 
 
 class PhaseWatch:
@@ -76,11 +87,31 @@ class PhaseWatch:
         raise FaultMissed(f"{self.scenario.phase} did not come within {PHASE_TIMEOUT_S:g}s")
 
     async def _in_phase(self, migrations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The live migrations in the phase. A migration that copies a local disk (`disk` in
+        its record) is in the mirror phase while the copy is not in sync, and only after it in
+        the transfer and switchover phases (its RAM moves once the disk is ready)."""
         phase = self.scenario.phase
-        found = [m for m in migrations if m["state"] in MATCHING[phase] and m["kind"] == "live"]
+        found = [
+            m
+            for m in migrations
+            if m["state"] in MATCHING[phase]
+            and m["kind"] == "live"
+            and (m["state"] != "running" or _mirroring(m) is (phase is Phase.MIRROR))
+        ]
+        if phase is Phase.MIRROR:
+            return [m for m in found if await self._still_mirroring(m)]
         if phase is not Phase.SWITCHOVER:
             return found
         return [m for m in found if m["state"] == "switching" or await self._handing_over(m)]
+
+    async def _still_mirroring(self, migration: dict[str, Any]) -> bool:
+        """The source says so too (the record is its last reading, a moment old)."""
+        reading = await self._progress(migration)
+        return (
+            reading is not None
+            and reading.get("status") == "mirroring"
+            and not reading.get("disk_ready")
+        )
 
     async def _handing_over(self, migration: dict[str, Any]) -> bool:
         """The source's stream completed (or reached its switchover) ahead of the record, or is
