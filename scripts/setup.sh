@@ -6,14 +6,16 @@ cd "$(dirname "$0")/.."
 
 # System packages the project uses: QEMU and the Debian cloud kernel + busybox for the guest
 # images the lab builds, syslinux, mtools, dosfstools, e2fsprogs and fdisk to make its bootable
-# disk image (lab/image_disk.py), dnsmasq (and its dhcp_release) for the hosts' DHCP servers, iproute2/ping for the
-# lab's namespaces, chromium for the dashboard's browser tests (tests/ui), and the basics.
+# disk image (lab/image_disk.py), dnsmasq (and its dhcp_release) for the hosts' DHCP servers,
+# socat for the TLS tunnel of a local disk's live copy (agent/drivers/nbd_tunnel.py), iproute2
+# and ping for the lab's namespaces, tcpdump for the lab's packet captures, chromium for the
+# dashboard's browser tests (tests/ui), and the basics.
 SYSTEM_PACKAGES=(
   ca-certificates curl make procps
   iproute2 iputils-ping
   qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
   syslinux syslinux-common mtools dosfstools e2fsprogs fdisk
-  dnsmasq-base dnsmasq-utils tcpdump
+  dnsmasq-base dnsmasq-utils socat tcpdump
   chromium
 )
 

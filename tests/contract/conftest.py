@@ -198,8 +198,8 @@ class InNamespace(Driver):
 # -- QEMU processes ------------------------------------------------------------------------------
 
 
-def qemu_pids(marker: str) -> list[int]:
-    """Live QEMU processes whose command line contains `marker`."""
+def pids_of(program: bytes, marker: str) -> list[int]:
+    """Live processes of `program` whose command line contains `marker` (zombies are not)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -208,20 +208,31 @@ def qemu_pids(marker: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmdline and marker.encode() in cmdline:
+        if program in cmdline and marker.encode() in cmdline:
             pids.append(int(proc.name))
     return pids
 
 
+def qemu_pids(marker: str) -> list[int]:
+    """Live QEMU processes whose command line contains `marker`."""
+    return pids_of(b"qemu-system", marker)
+
+
+def tunnel_pids(marker: str) -> list[int]:
+    """Live disk-copy tunnels (socat) whose command line contains `marker`."""
+    return pids_of(b"socat", marker)
+
+
 def kill_qemus(marker: str) -> list[int]:
-    """SIGKILL every QEMU of `marker`, wait (bounded) for them to go; those still alive."""
-    for pid in qemu_pids(marker):
+    """SIGKILL every QEMU and disk tunnel of `marker`, wait (bounded) for them to go; those
+    still alive."""
+    for pid in qemu_pids(marker) + tunnel_pids(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while qemu_pids(marker) and time.monotonic() < deadline:
+    while (qemu_pids(marker) or tunnel_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return qemu_pids(marker)
+    return qemu_pids(marker) + tunnel_pids(marker)
 
 
 # -- the image and the lab (module-wide, qemu only) ---------------------------------------------
@@ -382,6 +393,10 @@ class DriverPair:
             return ""
         path = str(host.store.path(instance_id))
         return sh("qemu-io", "-r", "-U", "-f", "qcow2", "-c", command, path)
+
+    def tunnels(self) -> list[int]:
+        """The disk-copy tunnels of this pair still running (the fake has none)."""
+        return [] if self.kind == "fake" else tunnel_pids(self.marker)
 
     def processes(self, instance_id: str) -> int:
         """How many hypervisor processes run the guest on either host (the fake: none)."""

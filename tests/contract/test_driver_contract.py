@@ -252,6 +252,7 @@ async def test_local_storage_the_disk_is_copied_with_the_guest(make_pair: PairFa
     assert dest_disks is not None and dest_disks.instance_ids == [spec.id]
     running = await pair.dest.get(spec.id)
     assert running is not None and running.power is GuestPower.RUNNING
+    assert pair.tunnels() == []  # the disk's TLS tunnels end with the copy
 
 
 async def test_an_abort_mid_mirror_keeps_the_source_and_removes_the_copy(
@@ -276,6 +277,7 @@ async def test_an_abort_mid_mirror_keeps_the_source_and_removes_the_copy(
     assert await pair.dest.get(spec.id) is None
     assert not pair.dest_host.store.exists(spec.id)  # the partial copy is gone
     assert pair.source_host.store.exists(spec.id)  # the guest's own disk is not
+    assert pair.tunnels() == []  # both ends of the disk's tunnel are gone
     # A new attempt starts from scratch and completes.
     await pair.dest.prepare_incoming(spec, pair.port, FAST, pair.disk_copy)
     await pair.source.migrate(spec.id, pair.disk_channel, FAST)
@@ -319,3 +321,4 @@ async def test_a_mirror_to_a_destination_behind_a_dead_link_is_aborted_promptly(
         pair.set_link(up=True)
     await pair.dest.abort_migration(spec.id, source=False)
     assert not pair.dest_host.store.exists(spec.id) and pair.source_host.store.exists(spec.id)
+    assert pair.tunnels() == []

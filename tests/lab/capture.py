@@ -6,12 +6,11 @@ payload: a cleartext NBD negotiation starts with "NBDMAGIC" then "IHAVEOPT", a c
 migration stream with "QEVM" and its version 3, and a TLS stream's every record with its
 content type (20-23) and version 3.x.
 
-NBD with TLS is STARTTLS-shaped (the NBD protocol's, which QEMU follows): the server's greeting
-("NBDMAGIC", "IHAVEOPT", its flags), the client's flags and its one option request, STARTTLS
-(option 5), and the server's acknowledgement cross in clear, fixed bytes that carry nothing of
-the disk, the export's name or the peers; then TLS begins and everything else is inside it.
-`Flows.clear_after_tls` lists magic seen once a direction's TLS began, `Flows.options` every
-NBD option requested in clear.
+QEMU's NBD with TLS alone is STARTTLS-shaped (the NBD protocol's): the server's greeting
+("NBDMAGIC", "IHAVEOPT", its flags), the client's flags and its option request, STARTTLS (option
+5), cross in clear before TLS begins. Ferry carries it in a TLS tunnel, so none of that may show
+here: `Flows.clear` lists any magic seen in clear, `Flows.clear_after_tls` magic seen once a
+direction's TLS began, `Flows.options` every NBD option requested in clear.
 """
 
 from __future__ import annotations

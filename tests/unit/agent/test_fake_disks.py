@@ -82,3 +82,16 @@ async def test_a_start_again_keeps_the_guests_data(tmp_path: Path) -> None:
     driver.crash(SPEC.id)
     await driver.spawn(SPEC)
     assert disk.read_text().endswith(" ")
+
+
+async def test_a_local_disk_is_listed_with_what_its_mirror_copies(tmp_path: Path) -> None:
+    """The fake's local disk holds what the simulated mirror copies (a quarter of its virtual
+    size); a shared pool lists no sizes."""
+    local = host(tmp_path, "h1", None)
+    await local.spawn(SPEC)
+    inventory = await local.disks()
+    assert inventory is not None and inventory.allocated == {SPEC.id: (1 << 30) // 4}
+    shared = host(tmp_path, "h2", tmp_path / "pool")
+    await shared.spawn(SPEC)
+    pooled = await shared.disks()
+    assert pooled is not None and pooled.allocated == {}

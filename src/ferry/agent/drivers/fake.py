@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from ferry.agent.drivers.base import (
     HostFacts,
     MigrationParams,
 )
-from ferry.agent.drivers.fake_mirror import WIRE_ENV, mark_written, take_copy
+from ferry.agent.drivers.fake_mirror import WIRE_ENV, allocated_bytes, mark_written, take_copy
 from ferry.agent.drivers.fake_source import DEAD, FakeSource, check_id
 from ferry.agent.images import ImageFetcher
 from ferry.agent.storage import DiskStore, attach, check_incoming
@@ -129,7 +129,19 @@ class FakeDriver(FakeSource):
         self._load_streams(status.id, streams)
 
     async def disks(self) -> DiskInventory | None:
-        return await asyncio.to_thread(self.disks_store.inventory) if self.disks_store else None
+        """The store's disks; on local storage each is taken to hold what the simulated mirror
+        copies (`allocated_bytes`: a fake overlay holds no data of its own)."""
+        if self.disks_store is None:
+            return None
+        inventory = await asyncio.to_thread(self.disks_store.inventory)
+        if self.disks_store.shared:
+            return inventory
+        modelled = {
+            i: allocated_bytes(spec.disk)
+            for i, spec in self._specs.items()
+            if spec.disk is not None and i in inventory.allocated
+        }
+        return replace(inventory, allocated={**inventory.allocated, **modelled})
 
     async def facts(self) -> HostFacts:
         return self._facts

@@ -29,6 +29,7 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from ferry.agent import net
+from ferry.agent.drivers import nbd_tunnel as tunnel
 from ferry.agent.drivers.base import (
     DiskInventory,
     DriverError,
@@ -197,6 +198,7 @@ class QemuDriver(QemuMigration):
         if pid is not None:
             await self._stop_process(instance_id, pid)
         await self._cleanup(instance_id, taps)
+        await tunnel.stop_all(rundir)  # a disk copy's TLS tunnel lives in the run dir
         shutil.rmtree(rundir, ignore_errors=True)
 
     async def _stop_process(self, instance_id: str, pid: int) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
+from ferry.agent.drivers import nbd_tunnel as tunnel
 from ferry.agent.drivers import qemu_mirror as mirror
 from ferry.agent.drivers.base import (
     DiskCopy,
@@ -112,7 +113,11 @@ class QemuDiskCopy(Driver):
         if reading is not None:
             await mirror.drop_mirror(qmp)
         self._write_mirror(instance_id, {"started": time.time()})
-        await mirror.start_mirror(qmp, creds, channel, params)
+        assert channel.disk_port is not None
+        socket = await tunnel.start_connector(
+            self._dir(instance_id), creds, channel.address, channel.disk_port, channel.tls_hostname
+        )
+        await mirror.start_mirror(qmp, creds, socket, channel, params)
         return False
 
     async def _with_disk(
@@ -200,6 +205,7 @@ class QemuDiskCopy(Driver):
             return
         done = {"total": final.total_bytes, "copied": final.copied_bytes, "done": True}
         self._write_mirror(instance_id, {**marker, **done})
+        await tunnel.stop(self._dir(instance_id), tunnel.CONNECTOR_PID)
         await run(qmp, "migrate-continue", {"state": "pre-switchover"})
 
     async def _close_switchovers(self) -> None:

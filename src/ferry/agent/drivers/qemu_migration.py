@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ferry.agent.drivers import nbd_tunnel as tunnel
 from ferry.agent.drivers import qemu_mirror as mirror
 from ferry.agent.drivers.base import (
     DiskCopy,
@@ -202,8 +203,10 @@ class QemuMigration(QemuDiskCopy):
                 async with self._session(spec.id) as qmp:
                     await listen(qmp, params, tcp_uri(self.config.migration_listen, port))
                     if disk is not None:
-                        listen_on = self.config.migration_listen
-                        await mirror.export(qmp, listen_on, disk.port, disk.source_host)
+                        socket = self._dir(spec.id) / tunnel.EXPORT_SOCKET
+                        await mirror.export(qmp, socket, disk.source_host)
+                if disk is not None:
+                    await self._open_disk_port(spec.id, creds, disk)
             except BaseException:
                 await self._remove_target(spec.id, disk)
                 raise
@@ -212,6 +215,11 @@ class QemuMigration(QemuDiskCopy):
                 await self._remove_target(spec.id, disk)
                 raise DriverError(f"the incoming QEMU of {spec.name} exited right after starting")
             return status
+
+    async def _open_disk_port(self, instance_id: str, creds: Path, disk: DiskCopy) -> None:
+        """The disk port: TLS from the first byte, for the source host only, to the export."""
+        listen, run = self.config.migration_listen, self._dir(instance_id)
+        await tunnel.start_listener(run, creds, listen, disk.port, disk.source_host)
 
     async def _remove_target(self, instance_id: str, disk: DiskCopy | None) -> None:
         await self._remove(instance_id)
@@ -227,6 +235,7 @@ class QemuMigration(QemuDiskCopy):
                 raise DriverError(f"no incoming migration of {instance_id} on this host")
             await self._await_arrival(instance_id)
             if self._incoming_copy(instance_id) is not None:
+                await tunnel.stop(self._dir(instance_id), tunnel.LISTENER_PID)
                 async with self._session(instance_id) as qmp:
                     await mirror.stop_export(qmp)
             await self._qmp(instance_id, "announce-self", ANNOUNCE)
@@ -352,6 +361,9 @@ class QemuMigration(QemuDiskCopy):
                 f"the migration of {instance_id} completed: the guest runs on the destination"
             )
         if self._mirror_marker(instance_id) is not None:
+            # The tunnel goes first: the mirror's connection is then closed under QEMU by the
+            # kernel, so its requests in flight fail at once whatever the link does.
+            await tunnel.stop(self._dir(instance_id), tunnel.CONNECTOR_PID)
             async with self._session(instance_id) as qmp:
                 await mirror.drop_mirror(qmp)
             self._drop_marker(instance_id)

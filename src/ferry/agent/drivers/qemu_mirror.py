@@ -2,18 +2,20 @@
 with an exact switchover.
 
 Destination (`export`): the target QEMU (`-incoming defer`, on an empty overlay of the source's
-size over the same cached image) serves its root node writable with QEMU's NBD server on the
-disk port, with the host's server credentials and an authz list that admits the certificate of
-the migration's source host only.
+size over the same cached image) serves its root node writable with QEMU's NBD server, with the
+host's server credentials and an authz list that admits the certificate of the migration's
+source host only, on a Unix socket that the disk's TLS tunnel (nbd_tunnel.py) forwards the disk
+port to: NBD's own TLS is STARTTLS-shaped, the tunnel makes the link TLS from the first byte.
 
 Source (`start_mirror`): an NBD client node over TLS (`tls-hostname`, the destination's
-certificate name) and `blockdev-mirror` of the root overlay with `sync: top`: only the overlay's
-allocated clusters cross the link, the backing image is in the destination's cache already. The
-mirror runs in `write-blocking` mode: once its background copy has caught up it is `ready`, and
-from then on every guest write reaches both ends before the guest sees it complete. A guest that
-writes faster than the link is so throttled to what the link takes, and the mirror converges
-however fast the guest writes (the migration's timeouts still end a copy that is too slow). The
-job keeps its record when it ends (`auto-dismiss` off), so a failure is read, never missed.
+certificate name), through the tunnel's local end, and `blockdev-mirror` of the root overlay
+with `sync: top`: only the overlay's allocated clusters cross the link, the backing image is in
+the destination's cache already. The mirror runs in `write-blocking` mode: once its background
+copy has caught up it is `ready`, and from then on every guest write reaches both ends before
+the guest sees it complete. A guest that writes faster than the link is so throttled to what the
+link takes, and the mirror converges however fast the guest writes (the migration's timeouts
+still end a copy that is too slow). The job keeps its record when it ends (`auto-dismiss` off),
+so a failure is read, never missed.
 
 Switchover (`complete_mirror`): the RAM stream runs with `pause-before-switchover`. In
 `pre-switchover` the guest is paused and its devices are not yet sent; the mirror is then ended
@@ -82,12 +84,13 @@ def reading_of(job: Mapping[str, Any] | None) -> DiskReading | None:
 # -- destination ------------------------------------------------------------------------------
 
 
-async def export(qmp: QMPClient, listen: str, port: int, source_host: str) -> None:
-    """Serve the guest's disk writable over NBD with TLS to `source_host`'s certificate only."""
+async def export(qmp: QMPClient, socket: Path, source_host: str) -> None:
+    """Serve the guest's disk writable over NBD with TLS to `source_host`'s certificate only,
+    on the Unix socket the disk's TLS tunnel forwards to (nbd_tunnel.py)."""
     rule = {"match": host_dn(source_host), "policy": "allow", "format": "exact"}
     authz = {"qom-type": "authz-list", "id": DISK_AUTHZ_ID, "policy": "deny", "rules": [rule]}
     await run(qmp, "object-add", authz)
-    address = {"type": "inet", "data": {"host": listen, "port": str(port)}}
+    address = {"type": "unix", "data": {"path": str(socket)}}
     server = {"addr": address, "tls-creds": TLS_SERVER_ID, "tls-authz": DISK_AUTHZ_ID}
     await run(qmp, "nbd-server-start", server)
     await run(
@@ -126,13 +129,13 @@ async def _has_node(qmp: QMPClient, node: str) -> bool:
 
 
 async def start_mirror(
-    qmp: QMPClient, creds: Path, channel: MigrationChannel, params: MigrationParams
+    qmp: QMPClient, creds: Path, socket: Path, channel: MigrationChannel, params: MigrationParams
 ) -> None:
-    """Connect to the destination's export over TLS and start copying the overlay into it."""
-    assert channel.disk_port is not None
+    """Connect to the destination's export over TLS (through the tunnel's local end, `socket`)
+    and start copying the overlay into it."""
     await add_client_creds(qmp, creds)
     if not await _has_node(qmp, TARGET_NODE):
-        server = {"type": "inet", "host": channel.address, "port": str(channel.disk_port)}
+        server = {"type": "unix", "path": str(socket)}
         node = {
             "driver": "nbd",
             "node-name": TARGET_NODE,
