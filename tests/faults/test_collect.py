@@ -1,7 +1,8 @@
 """The snapshot of a fake cluster sees instance disks: every host of the fake cluster's shared
 pool lists the disk of an instance created with the cluster's image, the instance's record
-names the image, an agent that does not answer has no storage to show, and a disk left in the
-pool by no instance is caught as a leak."""
+names the image, the fake backend's probe reads each disk's content where it lies (a change of
+it is caught as `disk-corrupt`), an agent that does not answer has no storage to show, and a
+disk left in the pool by no instance is caught as a leak."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Any
 
 from ferry.agent_client import AgentClient
 from ferry.faults.cluster import IMAGE, IMAGE_BYTES, POOL, FakeCluster
-from ferry.faults.collect import take_snapshot
+from ferry.faults.collect import Probes, disks_before, take_snapshot
 from ferry.faults.invariants import HostDisks, Kind, Snapshot, check
+from ferry.faults.runner import fake_probes
 
 
-async def _snapshot(cluster: FakeCluster) -> Snapshot:
+async def _snapshot(cluster: FakeCluster, probes: Probes | None = None) -> Snapshot:
     agents = AgentClient(cluster.controller_tls(), timeout=10)
     try:
-        return await take_snapshot(cluster, agents, cluster.database)
+        return await take_snapshot(cluster, agents, cluster.database, probes)
     finally:
         await agents.close()
 
@@ -50,6 +52,18 @@ async def test_the_snapshot_lists_each_hosts_disks(cluster: FakeCluster) -> None
     assert snapshot.disks == {"host1": pool, "host2": pool}
     assert {i.name: i.image for i in snapshot.instances} == {"vm1": IMAGE, "vm2": None}
     assert [str(v) for v in check(snapshot)] == []
+
+    # the fake backend reads each disk where it lies: the digests before the drain, the same now
+    before = await disks_before(cluster, fake_probes(cluster))
+    assert list(before) == [vm1["id"]] and json.loads(disk.read_text())["data"]
+    read = await _snapshot(cluster, fake_probes(cluster))
+    assert {i: r.digest for i, r in read.disk_readings.items()} == before
+    read.disk_before = before
+    assert [str(v) for v in check(read)] == []
+    disk.write_text(disk.read_text().replace('"data": "', '"data": "x'))  # the content changed
+    changed = await _snapshot(cluster, fake_probes(cluster))
+    changed.disk_before = before
+    assert [v.kind for v in check(changed)] == [Kind.DISK_CORRUPT]
 
     stray = cluster.pool_dir / "00000000-0000-4000-8000-000000000000"
     stray.mkdir()

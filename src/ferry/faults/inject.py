@@ -4,11 +4,13 @@ through the fake driver's fault hooks (agent/drivers/fake_faults.py), with the e
 host would see on the other end:
 
 - the source's QEMU dies while it streams: the destination's incoming QEMU loses its stream and
-  exits (QEMU 7.2 ends a failed incoming migration); once the source handed over, the
-  destination has the whole guest and runs it (`arrive`: its report says so, as QEMU's does);
-- the destination's incoming QEMU dies: the source's stream fails (or, not started yet, fails
-  at connect) and the source keeps running; once the source handed over, the guest dies with
-  the destination;
+  exits (QEMU 7.2 ends a failed incoming migration); while only a local disk was being copied
+  (`mirroring`: the RAM stream not started) the destination loses its NBD client alone and
+  waits on; once the source handed over, the destination has the whole guest and runs it
+  (`arrive`: its report says so, as QEMU's does);
+- the destination's incoming QEMU dies: the source's stream or disk mirror fails (or, not
+  started yet, fails at connect) and the source keeps running; once the source handed over,
+  the guest dies with the destination;
 - the link is cut on the drained host: its streams stall without failing (TCP over a dead
   link), the controller's no-progress timeout decides, and streams not aborted by then go on
   once the link is up.

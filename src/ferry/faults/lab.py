@@ -296,7 +296,8 @@ class LabInjector(ProcessInjector):
 
     async def _stream(self, target: Target) -> tuple[str, bool]:
         """The source's stream as it stands: its status, and whether it is due to end more than
-        SAFE_ETA_S from now (so that the guest cannot have been handed over yet)."""
+        SAFE_ETA_S from now (so that the guest cannot have been handed over yet; while a local
+        disk is still being copied its RAM has not even started)."""
         url = f"{self.cluster.agent_urls[target.source]}/v1/guests/{target.instance_id}/migration"
         try:
             response = await self.cluster.agent_http.get(url)
@@ -306,6 +307,8 @@ class LabInjector(ProcessInjector):
         status = str(reading.get("status") or "none")
         rate = float(reading.get("throughput_mbps") or 0) * 1e6 / 8
         remaining = int(reading.get("remaining_bytes") or 0)
+        if status == "mirroring":
+            return status, True
         return status, status in IN_PROGRESS and bool(rate) and remaining / rate > SAFE_ETA_S
 
     async def _cut_link(self, host: str, down_s: float) -> str:
