@@ -116,6 +116,9 @@ class DiskStorage(BaseModel):
     instance_ids: list[str]
     total_bytes: int = Field(ge=0)
     free_bytes: int = Field(ge=0)
+    allocated: dict[str, int] = Field(
+        default_factory=dict, description="local storage: each disk's allocated bytes"
+    )
 
 
 class Heartbeat(BaseModel):

@@ -14,14 +14,11 @@
   another ("does not run on this host"), each failure barring that destination, so once it was
   known dead no host was left to move it cold to: the drain failed.
 
-Open (marked xfail, strict: it passes once fixed, and then the mark must go):
-
 - an instance whose disk is on its host's local storage and whose guest died (source-guest-kill
   at the mirror, prepare or transfer phase on local storage; `ferry faults run --runs 1 --seed 3`)
-  is moved cold: its record goes to another host, and the cold move's leftover clean-up
-  (`finish-source` on the old host) removes its only disk. The disk is lost (`disk-lost`): a
-  dead guest's local disk cannot move without a copy, so such an instance must stay (or its
-  drain fail for it), never move cold.
+  was moved cold: its record went to another host, and the cold move's leftover clean-up
+  (`finish-source` on the old host) removed its only disk (`disk-lost`). A dead guest's local
+  disk cannot move without a copy: such an instance now stays, and its drain fails naming it.
 """
 
 from __future__ import annotations
@@ -254,14 +251,9 @@ async def test_a_source_dead_after_the_hand_over_completes_the_move(cluster: Fak
     await _consistent(cluster)
 
 
-# -- a dead guest's local disk must not be moved cold (open) -----------------------------------
+# -- a dead guest's local disk must not be moved cold -----------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="a cold move of an instance on local storage removes its only disk (drains.py)",
-    raises=AssertionError,
-    strict=True,
-)
 async def test_a_dead_guests_local_disk_is_not_lost_by_a_cold_move(tmp_path: Path) -> None:
     cluster = FakeCluster(tmp_path, hosts=2, storage="local")
     try:
@@ -278,11 +270,18 @@ async def test_a_dead_guests_local_disk_is_not_lost_by_a_cold_move(tmp_path: Pat
         await _until(cluster, "/v1/instances/vm1", lambda i: i["state"] == "error")
         enter = {"reason": "kernel", "policy": {"retry_backoff_s": 0.2}}
         await cluster.call("POST", "/v1/hosts/host1/maintenance/enter", json=enter)
-        await _until(
+        status = await _until(
             cluster,
             "/v1/hosts/host1/maintenance",
             lambda s: s["maintenance"]["state"] != "draining",
         )
+        assert status["maintenance"]["state"] == "drain_failed", status
+        assert (
+            "vm1: it is error and its disk is on host1's local storage"
+            in (status["drain"]["error"])
+        ), status["drain"]
+        assert cluster.disk_path("host1", vm["id"]).is_file()
+        assert (await cluster.call("GET", "/v1/instances/vm1"))["host"] == "host1"
         await _until(
             cluster, "/v1/migrations?limit=10", lambda ms: not any(m["leftover"] for m in ms)
         )

@@ -39,11 +39,16 @@ def lab_env(lab: Path) -> dict[str, str]:
 
 
 def ferry(*args: str, lab: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The `ferry` console script, pointed at the lab."""
+    """The `ferry` console script, pointed at the lab; with `check`, a failure says what the
+    command printed."""
     env = {**os.environ, "COLUMNS": "200", **lab_env(lab)}
-    return subprocess.run(
-        [FERRY, *args], env=env, capture_output=True, text=True, timeout=600, check=check
-    )
+    argv = [FERRY, *args]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"ferry {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done
 
 
 def ferry_json(*args: str, lab: Path) -> Any:
@@ -219,7 +224,7 @@ def ended(lab: Path, ident: str, within: float = 240.0) -> dict[str, Any]:
 
 def restart_controller(lab: Path) -> int:
     """SIGKILL the lab's controller and start it again with the same command line and
-    environment; returns the new pid."""
+    environment; returns the new pid once it answers."""
     pid = int(_lab_record(lab)["controller_pid"])
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     env_raw = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
@@ -235,6 +240,7 @@ def restart_controller(lab: Path) -> int:
             start_new_session=True,
         )
     _save_controller_pid(lab, proc.pid)
+    wait_for("the restarted controller to answer", lambda: _controller_answers(lab), 60)
     return proc.pid
 
 
@@ -247,3 +253,7 @@ def _save_controller_pid(lab: Path, pid: int) -> None:
     record = _lab_record(lab)
     record["controller_pid"] = pid
     (lab / "lab.json").write_text(json.dumps(record, indent=2))
+
+
+def _controller_answers(lab: Path) -> bool | None:
+    return True if ferry("host", "list", lab=lab, check=False).returncode == 0 else None

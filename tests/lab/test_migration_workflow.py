@@ -276,7 +276,6 @@ def test_controller_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -> 
     m = streaming(lab, start(lab, vm, "max_bandwidth_mib=4")["id"], at_least=1 * 2**20)
     killed_at = datetime.now(UTC)
     restart_controller(lab)
-    wait_for("the controller", lambda: True if ping_controller(lab) else None, 30)
     m = ended(lab, m["id"])
     went_on = stream_after(m, killed_at)
     print(
@@ -325,10 +324,6 @@ def test_source_agent_killed_mid_migration(lab: Path, boot: Callable[..., Vm]) -
     assert went_on > 0, (m, killed_at)  # the stream was still running at the kill
     assert page(vm.ip)["boot_id"] == before["boot_id"]
     assert_runs_only_on(lab, vm, m["destination"])
-
-
-def ping_controller(lab: Path) -> bool:
-    return ferry("host", "list", lab=lab, check=False).returncode == 0
 
 
 def test_link_cut_mid_flight_fails_safe_and_cleans_up_once_it_returns(

@@ -151,7 +151,9 @@ class DrainReconciler:
             last = attempts[-1] if attempts else None
             if last is not None and last.state == _S.QUEUED and last.cancel_requested:
                 _end(session, last, MigrationAction.CANCEL, "aborted on request", inst.name)
-            if last is None or last.state == _S.COMPLETED:
+            if (stuck := _disk_stays(inst, host)) is not None:
+                tally.failed[inst.name] = stuck
+            elif last is None or last.state == _S.COMPLETED:
                 if inst.state in MOVABLE_LIVE | MOVABLE_COLD:
                     tally.queued.append(self._queue(session, drain, host, inst, policy, attempts))
                 tally.busy += 1  # a deleting or building instance: wait for it
@@ -371,6 +373,18 @@ def _at_limit(load: _Load, source: Host, policy: DrainPolicy) -> bool:
     return (
         load.drains >= policy.max_parallel
         or load.outbound[source.id] >= policy.max_outbound + policy.prepare_ahead
+    )
+
+
+def _disk_stays(instance: Instance, host: Host) -> str | None:
+    """Why an instance that does not run cannot leave: its disk is on the host's own storage,
+    and only a live move copies it (a cold one would leave the disk behind, and the clean-up
+    of the source would remove the only copy). None when it may move."""
+    if instance.state not in MOVABLE_COLD or not placement.on_local_disk(instance):
+        return None
+    return (
+        f"it is {instance.state} and its disk is on {host.name}'s local storage: only a live "
+        "move copies the disk (start it again, or delete it)"
     )
 
 

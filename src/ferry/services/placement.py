@@ -129,8 +129,12 @@ def bytes_to_move(instance: Instance) -> tuple[int, int]:
     report). The drain orders its moves by their sum, and a drain's physical bound is the sum
     over its instances divided by the source's link: RAM and disk streams share that link."""
     ram = instance.ram_mb << 20
-    local = instance.image_id is not None and not instance.storage_pool
-    return ram, (instance.disk_bytes or 0) if local else 0
+    return ram, (instance.disk_bytes or 0) if on_local_disk(instance) else 0
+
+
+def on_local_disk(instance: Instance) -> bool:
+    """Its disk is on its host's own storage: it leaves the host only with a live copy."""
+    return instance.image_id is not None and not instance.storage_pool
 
 
 class Placer:
