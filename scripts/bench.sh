@@ -7,8 +7,11 @@
 #   3. a 3-host lab of real QEMU instances of the lab image (root; disks on shared storage,
 #      DHCP addresses, 10 ms probers): single migrations of an idle (BENCH_IDLE_RUNS times, for
 #      a p99) and a dirtying guest (BENCH_RUNS) against memory / link throughput, then a host's
-#      drain (idle and dirtying guests) against the physical bound and one migration at a time.
-# The lab is removed at the end, whatever happens.
+#      drain (idle and dirtying guests) against the physical bound and one migration at a time;
+#   4. the same lab on local storage: a host's drain of guests whose disks hold
+#      BENCH_DISK_MIB MiB each (idle, and writing to their disks), the disks copied live, against
+#      the bound (RAM + disk bytes) / link and one migration at a time.
+# Each lab is removed at the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -35,4 +38,10 @@ ferry bench migration --dir "$lab_dir" --idle-runs "${BENCH_IDLE_RUNS:-24}" --ru
   --out "$out"
 ferry bench drain --dir "$lab_dir" --instances "${BENCH_DRAIN_INSTANCES:-6}" \
   --workloads idle,dirtying --out "$out"
+cleanup
+
+ferry lab up --hosts 3 --instances 0 --link-mbit 1000 --storage local --prefix "$prefix" \
+  --dir "$lab_dir"
+ferry bench drain --dir "$lab_dir" --instances "${BENCH_DISK_INSTANCES:-4}" \
+  --disk-mib "${BENCH_DISK_MIB:-1024}" --workloads disk-idle,disk-writing --out "$out"
 ferry bench report "$out"

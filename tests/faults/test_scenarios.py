@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.faults.lab import BANDWIDTH_MIB, MAX_INSTANCES, MIRROR_BANDWIDTH_MIB, adapt
+from ferry.faults.lab import BANDWIDTH_MIB, MAX_INSTANCES, adapt
 from ferry.faults.scenarios import ALL_KINDS, FaultKind, Phase, Storage, scenario, scenarios
 
 
@@ -56,8 +56,7 @@ def test_lab_runs_at_the_prepare_phase_keep_a_destination_waiting_prepared() -> 
             assert run.max_outbound < run.instances, run
         else:
             assert run.max_outbound == asked.max_outbound
-        mirror = run.phase is Phase.MIRROR
-        assert run.bandwidth_mib == (MIRROR_BANDWIDTH_MIB if mirror else BANDWIDTH_MIB)
+        assert run.bandwidth_mib == BANDWIDTH_MIB  # the mirror phase gets data, not a crawl
         assert run.storage is asked.storage
     assert scenario(4).phase is Phase.PREPARE and adapt(scenario(4)).max_outbound == 1
 

@@ -21,7 +21,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ferry.bench.disk_fill import fill, flavor_disk_gb, qmp_socket
 from ferry.bench.migration import (
     ANSWER_TIMEOUT_S,
     LAB_IMAGE,
@@ -34,6 +33,7 @@ from ferry.bench.migration import (
 )
 from ferry.bench.probe import Pinger, summary
 from ferry.lab.cluster import LabRecord
+from ferry.lab.disk_fill import fill, flavor_disk_gb, qmp_socket
 from ferry.lab.lifecycle import ControllerApi, LabError, wait_for
 
 ONE_AT_A_TIME = {"max_parallel": 1, "max_outbound": 1, "prepare_ahead": 0}

@@ -52,6 +52,7 @@ from ferry.faults.runner import Backend
 from ferry.faults.scenarios import FaultKind, Phase, Scenario
 from ferry.lab import lifecycle
 from ferry.lab.cluster import HostRecord, LabRecord
+from ferry.lab.disk_fill import fill, qmp_socket
 from ferry.lab.lifecycle import ControllerApi, LabError, LabOptions
 from ferry.lab.net_plan import LabNetPlan
 from ferry.pki.tls import ssl_context_client
@@ -59,9 +60,10 @@ from ferry.pki.tls import ssl_context_client
 LAB_PREFIX = "flf"
 LINK_MBIT = 1000
 BANDWIDTH_MIB = 8  # idle 128 MiB guests send ~30 MiB: a few seconds of stream to hit
-# A booted guest's overlay holds a few MiB: at the mirror phase the copy crawls so that it
-# lasts long enough to be hit (its RAM then follows at the same speed).
-MIRROR_BANDWIDTH_MIB = 1
+# A booted guest's overlay holds a few MiB (most of it written after the mirror is in sync): at
+# the mirror phase each disk first gets this much data to copy, seconds of the mirror at the
+# runs' bandwidth, so that the phase lasts long enough to be hit.
+MIRROR_FILL_MIB = 48
 MAX_INSTANCES = 2  # per drained host: guests under TCG share the machine's cores
 SAFE_ETA_S = 1.0  # a destination killed this long before its stream ends cannot have the guest
 PING_WITHIN_S = 60.0  # a guest moved cold boots again before it answers
@@ -83,14 +85,20 @@ def adapt(scenario: Scenario) -> Scenario:
     streams = scenario.max_outbound
     if scenario.phase is Phase.PREPARE:
         streams = min(streams, instances - 1)
-    mirror = scenario.phase is Phase.MIRROR
     return dataclasses.replace(
-        scenario,
-        drains=1,
-        instances=instances,
-        max_outbound=streams,
-        bandwidth_mib=MIRROR_BANDWIDTH_MIB if mirror else BANDWIDTH_MIB,
+        scenario, drains=1, instances=instances, max_outbound=streams, bandwidth_mib=BANDWIDTH_MIB
     )
+
+
+async def prime(cluster: Cluster, scenario: Scenario) -> None:
+    """At the mirror phase, data on each drained guest's local disk (past the image's
+    partitions, where the guest never looks) for the mirror to copy."""
+    if scenario.phase is not Phase.MIRROR:
+        return
+    lab = _lab(cluster)
+    for inst in await lab.call("GET", "/v1/instances"):
+        if inst["host"] in lab.names[: scenario.drains]:
+            await fill(qmp_socket(lab.lab_dir, inst["host"], inst["id"]), MIRROR_FILL_MIB)
 
 
 class LabCluster:
@@ -358,6 +366,7 @@ def backend(lab_dir: Path) -> Backend:
         probes=probes,
         adapt=adapt,
         results="faults-lab.json",
+        prime=prime,
     )
 
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,8 @@ class Backend:
     # what the backend can afford of a scenario (real guests: fewer, slower streams)
     adapt: Callable[[Scenario], Scenario] = lambda scenario: scenario
     results: str = "faults.json"  # the report's name in the output directory
+    # readies the booted instances for the scenario before the drain (real disks: data to copy)
+    prime: Callable[[Cluster, Scenario], Awaitable[None]] | None = None
 
 
 FAKE = Backend()
@@ -139,6 +141,8 @@ async def _go(
     names = await _populate(cluster, scenario, sources)
     probes = backend.probes(cluster) if backend.probes else None
     await _answering(cluster, names, probes)  # drains move booted guests, as in life
+    if backend.prime is not None:
+        await backend.prime(cluster, scenario)
     before = await disks_before(cluster, probes)  # what each disk must still hold at the end
     report.timings["boot"] = _since(step)
     entered = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from ferry.bench.disk_fill import flavor_disk_gb
 from ferry.bench.drain import (
     IDLE,
     DrainRun,
@@ -15,6 +14,7 @@ from ferry.bench.drain import (
     to_json,
     workloads_named,
 )
+from ferry.lab.disk_fill import flavor_disk_gb
 
 
 def test_bound_is_bytes_moved_over_the_source_link() -> None:
