@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ferry.agent.drivers import nbd_tunnel as tunnel
+from ferry.agent.drivers.base import DriverError
 from ferry.agent.drivers.qemu_argv import TlsFiles
 from ferry.agent.drivers.qemu_stream import build_creds_dir
 from ferry.faults.cluster import free_port
@@ -173,3 +174,20 @@ async def test_stopping_ends_the_tunnel_and_its_connections(
     assert await asyncio.wait_for(reader.read(16), 10) == b""  # the connection went with them
     writer.close()
     export.close()
+
+
+async def test_a_tunnel_that_cannot_start_says_why_not_an_older_line(
+    hosts: tuple[Path, Path, Path],
+) -> None:
+    """Regression: each end logged into one file, and a start that failed reported the last
+    line of an earlier tunnel ("exiting on signal 15") instead of its own error."""
+    pki, dest_run, _source = hosts
+    port, own = free_port(), creds(pki, "host2", dest_run)
+    await tunnel.start_listener(dest_run, own, "127.0.0.1", port, "host1")
+    await tunnel.stop(dest_run, tunnel.LISTENER_PID)
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)  # port in use
+    try:
+        with pytest.raises(DriverError, match="Address already in use"):
+            await tunnel.start_listener(dest_run, own, "127.0.0.1", port, "host1")
+    finally:
+        taken.close()

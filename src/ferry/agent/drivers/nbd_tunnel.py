@@ -34,7 +34,6 @@ EXPORT_SOCKET = "nbd.sock"  # destination: QEMU's NBD server
 PEER_SOCKET = "nbd-peer.sock"  # source: the tunnel's local end, the mirror's NBD client's server
 LISTENER_PID = "nbd-tunnel-in.pid"
 CONNECTOR_PID = "nbd-tunnel-out.pid"
-LOG_FILE = "nbd-tunnel.log"
 READY_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 POLL = 0.02
@@ -74,7 +73,8 @@ async def start_listener(run: Path, creds: Path, address: str, port: int, source
     if _alive(run, LISTENER_PID):
         return
     await _spawn(run, LISTENER_PID, listener_argv(run, creds, address, port, source))
-    await _until(run, LISTENER_PID, lambda: _listening(port), f"the disk port {port}")
+    pid = _pid(run, LISTENER_PID) or 0
+    await _until(run, LISTENER_PID, lambda: _listening(port, pid), f"the disk port {port}")
 
 
 async def start_connector(run: Path, creds: Path, address: str, port: int, dest: str) -> Path:
@@ -107,8 +107,13 @@ async def stop_all(run: Path) -> None:
         await stop(run, pid_file)
 
 
+def _log(pid_file: str) -> str:
+    """Each end's own log, begun afresh by each start: its last line is that start's."""
+    return pid_file.removesuffix(".pid") + ".log"
+
+
 async def _spawn(run: Path, pid_file: str, argv: list[str]) -> None:
-    with (run / LOG_FILE).open("ab") as log:
+    with (run / _log(pid_file)).open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -124,7 +129,7 @@ async def _until(run: Path, pid_file: str, ready: Callable[[], bool], what: str)
     deadline = loop.time() + READY_TIMEOUT
     while not ready():
         if not _alive(run, pid_file):
-            raise DriverError(f"the disk's TLS tunnel exited: {_last_line(run)}")
+            raise DriverError(f"the disk's TLS tunnel exited: {_last_line(run, pid_file)}")
         if loop.time() > deadline:
             await stop(run, pid_file)
             raise DriverError(
@@ -155,21 +160,26 @@ def _alive(run: Path, pid_file: str) -> bool:
     return pid is not None and _owned(pid, run)
 
 
-def _listening(port: int) -> bool:
-    """Something of this network namespace listens on TCP `port` (IPv4)."""
+def _listening(port: int, pid: int) -> bool:
+    """Process `pid` itself listens on TCP `port` (IPv4) in this network namespace: a socket
+    of someone else's on the port does not count (the tunnel then fails to bind, and says so)."""
     try:
         lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
-    except FileNotFoundError:
+        fds = [str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
         return False
     wanted = f"{port:04X}"
-    return any(
-        (f := line.split())[1].rsplit(":", 1)[1] == wanted and f[3] == TCP_LISTEN for line in lines
-    )
+    inodes = {
+        f[9]
+        for line in lines
+        if (f := line.split())[1].rsplit(":", 1)[1] == wanted and f[3] == TCP_LISTEN
+    }
+    return any(fd in {f"socket:[{inode}]" for inode in inodes} for fd in fds)
 
 
-def _last_line(run: Path) -> str:
+def _last_line(run: Path, pid_file: str) -> str:
     try:
-        lines = (run / LOG_FILE).read_text(errors="replace").strip().splitlines()
+        lines = (run / _log(pid_file)).read_text(errors="replace").strip().splitlines()
     except FileNotFoundError:
         return "no log"
     return lines[-1] if lines else "no output"
