@@ -134,7 +134,9 @@ async def test_the_source_checks_the_destinations_name(hosts: tuple[Path, Path, 
         reader, writer = await asyncio.open_unix_connection(str(sock))
         assert await asyncio.wait_for(reader.read(16), 10) == b""
         writer.close()
-        assert received == []
+        # The impostor's end may have connected to its export before the source hung up on
+        # it; nothing was sent over it.
+        assert all(data == b"" for data in received), received
     finally:
         export.close()
 
@@ -191,3 +193,16 @@ async def test_a_tunnel_that_cannot_start_says_why_not_an_older_line(
             await tunnel.start_listener(dest_run, own, "127.0.0.1", port, "host1")
     finally:
         taken.close()
+
+
+async def test_a_tunnel_just_started_is_not_taken_for_one_that_exited(
+    hosts: tuple[Path, Path, Path],
+) -> None:
+    """Regression: right after its exec a process's arguments read empty for a moment, and the
+    start took the new tunnel for an exited one ("the disk's TLS tunnel exited: no output", in
+    about one start of 40, seen as failed migrations right after a drain)."""
+    pki, _dest, source_run = hosts
+    source = creds(pki, "host1", source_run)
+    for _ in range(80):
+        await tunnel.start_connector(source_run, source, "127.0.0.1", free_port(), "host2")
+        await tunnel.stop(source_run, tunnel.CONNECTOR_PID)

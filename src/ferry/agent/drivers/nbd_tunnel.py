@@ -99,6 +99,7 @@ async def stop(run: Path, pid_file: str) -> None:
         if _owned(pid, run):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+        _children.pop(pid, None)
     (run / pid_file).unlink(missing_ok=True)
 
 
@@ -122,6 +123,7 @@ async def _spawn(run: Path, pid_file: str, argv: list[str]) -> None:
             start_new_session=True,  # its own group: stopped whole, never with the agent
         )
     (run / pid_file).write_text(f"{proc.pid}\n")
+    _children[proc.pid] = proc
 
 
 async def _until(run: Path, pid_file: str, ready: Callable[[], bool], what: str) -> None:
@@ -129,13 +131,29 @@ async def _until(run: Path, pid_file: str, ready: Callable[[], bool], what: str)
     deadline = loop.time() + READY_TIMEOUT
     while not ready():
         if not _alive(run, pid_file):
-            raise DriverError(f"the disk's TLS tunnel exited: {_last_line(run, pid_file)}")
+            await asyncio.sleep(0.1)  # its exit status reaped
+            raise DriverError(
+                f"the disk's TLS tunnel exited ({_exit_of(run, pid_file)}): "
+                f"{_last_line(run, pid_file)}"
+            )
         if loop.time() > deadline:
             await stop(run, pid_file)
             raise DriverError(
                 f"the disk's TLS tunnel is not ready ({what}) after {READY_TIMEOUT:g} s"
             )
         await asyncio.sleep(POLL)
+
+
+# The tunnels this agent process started, for their exit status (after a restart: unknown).
+_children: dict[int, asyncio.subprocess.Process] = {}
+
+
+def _exit_of(run: Path, pid_file: str) -> str:
+    proc = _children.get(_pid(run, pid_file) or 0)
+    if proc is None or proc.returncode is None:
+        return "status unknown"
+    code = proc.returncode
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _pid(run: Path, pid_file: str) -> int | None:
@@ -146,13 +164,23 @@ def _pid(run: Path, pid_file: str) -> int | None:
 
 
 def _owned(pid: int, run: Path) -> bool:
-    """`pid` is a live tunnel of this run directory (not a pid reused since)."""
+    """`pid` is a live tunnel of this run directory (not a pid reused since).
+
+    Right after its exec a process's arguments read empty for a moment (the kernel is still
+    setting them up; its name is already there): it is then taken by its name, else a tunnel
+    just started would pass for one that exited (the cause of intermittent "the disk's TLS
+    tunnel exited" refusals)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        comm, rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)
+        state = rest.split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
         return False
-    return state != "Z" and b"socat" in cmdline and str(run).encode() in cmdline
+    if state == "Z":
+        return False
+    if not cmdline:
+        return comm.split("(", 1)[-1] == "socat"
+    return b"socat" in cmdline and str(run).encode() in cmdline
 
 
 def _alive(run: Path, pid_file: str) -> bool:
