@@ -6,12 +6,15 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ferry.cli.client import CliError
 from ferry.cli.output import Format, FormatOpt, console, emit_json, styled, table
+
+if TYPE_CHECKING:
+    from ferry.faults.runner import Backend
 
 app = typer.Typer(help="Fault injection: drains under crashes, with invariant checks.")
 
@@ -127,21 +130,14 @@ def run(
     in exactly one place. Each scenario keeps disks on shared or local storage (the mirror
     phase: always local). Exits 1 when any run violated an invariant or could not run. Replay
     one run with --runs 1 --seed SEED (and the same --kinds and --phases)."""
-    from ferry.faults.runner import FAKE, SETTLE_S, run_all  # noqa: PLC0415
+    from ferry.faults.runner import SETTLE_S, run_all  # noqa: PLC0415
     from ferry.faults.scenarios import scenarios  # noqa: PLC0415
 
     try:
         chosen = scenarios(seed, runs, _kinds(kinds), _phases(phases))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    backend = FAKE
-    if lab is not None:
-        from ferry.faults import lab as real  # noqa: PLC0415
-
-        if os.geteuid() != 0:
-            raise CliError("--lab needs root: the lab runs QEMU guests in network namespaces")
-        backend = real.backend(lab)
-        settle = settle or real.LAB_SETTLE_S
+    backend, settle = _backend(lab, settle)
 
     def say(text: str) -> None:
         if fmt is Format.TABLE:
@@ -158,20 +154,37 @@ def run(
         reports = asyncio.run(run_them())
     except asyncio.CancelledError:
         raise typer.Exit(128 + signal.SIGTERM) from None
+    _show(reports, fmt, out / backend.results if out is not None else None)
+    if any(r.failed for r in reports):
+        raise typer.Exit(1)
+
+
+def _backend(lab: Path | None, settle: float | None) -> tuple[Backend, float | None]:
+    """Fake hosts, or with --lab the lab's real ones (root only) and their longer settle."""
+    from ferry.faults.runner import FAKE  # noqa: PLC0415
+
+    if lab is None:
+        return FAKE, settle
+    from ferry.faults import lab as real  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        raise CliError("--lab needs root: the lab runs QEMU guests in network namespaces")
+    return real.backend(lab), settle or real.LAB_SETTLE_S
+
+
+def _show(reports: list[Any], fmt: Format, results: Path | None) -> None:
     rows = [r.to_json() for r in reports]
     if fmt is Format.JSON:
         emit_json(rows)
-    else:
-        console.print()
-        table(rows, COLUMNS)
-        failed = sum(r.failed for r in reports)
-        missed = sum(r.outcome == "missed" for r in reports)
-        verdict = styled("failed") if failed else styled("completed")
-        console.print(
-            f"{len(reports)} run(s): {failed} with violations or errors, {missed} missed "
-            f"the phase; {verdict}"
-        )
-        if out is not None:
-            console.print(f"report: {out / backend.results}")
-    if any(r.failed for r in reports):
-        raise typer.Exit(1)
+        return
+    console.print()
+    table(rows, COLUMNS)
+    failed = sum(r.failed for r in reports)
+    missed = sum(r.outcome == "missed" for r in reports)
+    verdict = styled("failed") if failed else styled("completed")
+    console.print(
+        f"{len(reports)} run(s): {failed} with violations or errors, {missed} missed "
+        f"the phase; {verdict}"
+    )
+    if results is not None:
+        console.print(f"report: {results}")

@@ -32,10 +32,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ferry.db.models import Allocation, Drain, Host, Instance, Migration, new_id
+from ferry.db.models import Drain, Host, Instance, Migration, new_id
 from ferry.db.types import utcnow
 from ferry.domain.convergence import ConvergencePolicy
 from ferry.domain.drain import DRAIN, DrainAction, DrainState
@@ -44,6 +44,7 @@ from ferry.domain.events import SYSTEM_ACTOR, EventKind
 from ferry.domain.host import MAINTENANCE, Liveness, MaintenanceAction, MaintenanceState
 from ferry.domain.instance import InstanceState
 from ferry.domain.migration import MigrationAction, MigrationKind, MigrationState
+from ferry.orchestrator.drain_cold import MOVABLE_COLD, disk_stays, move_cold
 from ferry.scheduler.framework import NoValidHost
 from ferry.scheduler.model import Candidate, Request
 from ferry.services import placement
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 _S = MigrationState
 IN_FLIGHT = [s.value for s in (_S.SCHEDULED, _S.PREPARING, _S.RUNNING, _S.POSTCOPY, _S.SWITCHING)]
 MOVABLE_LIVE = {InstanceState.RUNNING.value}
-MOVABLE_COLD = {InstanceState.STOPPED.value, InstanceState.ERROR.value}
 
 
 @dataclass
@@ -151,7 +151,7 @@ class DrainReconciler:
             last = attempts[-1] if attempts else None
             if last is not None and last.state == _S.QUEUED and last.cancel_requested:
                 _end(session, last, MigrationAction.CANCEL, "aborted on request", inst.name)
-            if (stuck := _disk_stays(inst, host)) is not None:
+            if (stuck := disk_stays(inst, host)) is not None:
                 tally.failed[inst.name] = stuck
             elif last is None or last.state == _S.COMPLETED:
                 if inst.state in MOVABLE_LIVE | MOVABLE_COLD:
@@ -313,7 +313,7 @@ class DrainReconciler:
             data={"source": source.name, "destination": dest.name, "attempt": migration.attempt},
         )
         if migration.kind == MigrationKind.COLD.value:
-            await _move_cold(session, migration, instance, source, dest)
+            await move_cold(session, migration, instance, source, dest)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -376,18 +376,6 @@ def _at_limit(load: _Load, source: Host, policy: DrainPolicy) -> bool:
     )
 
 
-def _disk_stays(instance: Instance, host: Host) -> str | None:
-    """Why an instance that does not run cannot leave: its disk is on the host's own storage,
-    and only a live move copies it (a cold one would leave the disk behind, and the clean-up
-    of the source would remove the only copy). None when it may move."""
-    if instance.state not in MOVABLE_COLD or not placement.on_local_disk(instance):
-        return None
-    return (
-        f"it is {instance.state} and its disk is on {host.name}'s local storage: only a live "
-        "move copies the disk (start it again, or delete it)"
-    )
-
-
 def _size(instance: Instance | None) -> tuple[int, str]:
     """Smallest move first: RAM and local disk bytes to copy alike."""
     return (sum(placement.bytes_to_move(instance)), instance.name) if instance else (0, "")
@@ -413,53 +401,6 @@ def _end(
         migration_id=migration.id,
         drain_id=migration.drain_id,
         data={"error": why, "attempt": migration.attempt},
-    )
-
-
-async def _move_cold(
-    session: AsyncSession, migration: Migration, instance: Instance, source: Host, dest: Host
-) -> None:
-    """An instance that does not run moves by its record: host and claim, in this transaction."""
-    await session.flush()
-    await session.execute(
-        delete(Allocation).where(
-            Allocation.instance_id == instance.id, Allocation.host_id == source.id
-        )
-    )
-    await session.execute(
-        update(Allocation)
-        .where(Allocation.instance_id == instance.id, Allocation.host_id == dest.id)
-        .values(migration_id=None)
-    )
-    instance.host_id = dest.id
-    advance(migration, MigrationAction.MOVE_COLD)
-    migration.finished_at = utcnow()
-    record(
-        session,
-        EventKind.MIGRATION_COMPLETED,
-        SYSTEM_ACTOR,
-        f"{instance.name} ({instance.state}) moved cold from {source.name} to {dest.name}",
-        host=dest.name,
-        instance_id=instance.id,
-        migration_id=migration.id,
-        drain_id=migration.drain_id,
-        data={"source": source.name, "destination": dest.name, "kind": "cold"},
-    )
-    # What a dead guest left on the source (its stopped QEMU's run directory and taps, or a
-    # handed-over copy) would outlive the move: the migration loop removes it like the source
-    # of a live move (finish-source removes only what does not run, and nothing is fine).
-    migration.leftover = "source"
-    migration.error = f"{source.name} may still hold a copy of {instance.name}; removing it"
-    record(
-        session,
-        EventKind.MIGRATION_LEFTOVER,
-        SYSTEM_ACTOR,
-        migration.error,
-        host=source.name,
-        instance_id=instance.id,
-        migration_id=migration.id,
-        drain_id=migration.drain_id,
-        data={"end": "source", "error": "moved cold"},
     )
 
 
